@@ -1,0 +1,406 @@
+"""The planted-teacher dataset: ds003020's layout with a known right answer.
+
+``python -m core.synth --out DIR [--size tiny|demo] [--seed N]`` writes
+
+- ``DIR/pretrained/``: a small WavLM-architecture model (``save_pretrained``), the
+  student's starting point. Its encoder's linear weights are re-drawn at
+  std ``1/sqrt(fan_in)``: with transformers' default init (std 0.02) every layer is nearly
+  the identity and all layers look alike (BRIEF section 4).
+- ``DIR/stimuli/<story>.wav``: speech-like sound made in numpy (voiced syllables with a
+  pitch contour and formants, noise-burst consonants, pauses between words).
+- ``DIR/derivative/TextGrids/<story>.TextGrid``: the word and phone timings of that sound.
+- ``DIR/derivative/preprocessed_data/<SUBJECT>/<story>.hf5``: responses, trimmed as in
+  ds003020 (10 TRs off the start, 5 off the end), NaN voxels included; the test story holds
+  ``individual_repeats`` and ``data`` is their mean.
+- ``DIR/derivative/rois/<SUBJECT>.hf5``: ROI masks ``AC``, ``left``, ``right``.
+- ``DIR/derivative/respdict.json``: untrimmed TR counts.
+- ``DIR/truth/``: what a method should recover (``truth.json``: planted layers, rank,
+  scale, noise levels; ``<SUBJECT>.hf5``: voxel groups, noise sd, the noiseless test
+  responses and the exact noise ceiling; ``teacher/``: the teacher model).
+
+How responses are made: the *teacher* is the pretrained model with a planted rank-``r``
+change ``scale * U V^T`` added to the q and v projections of ``planted_layers``. Teacher
+window features at ``low_layer`` and ``high_layer`` go through the same pipeline the
+models use (Lanczos to TRs, z-score, delays 1..4 with an HRF-like FIR), then through a
+low-rank random readout per subject. Voxel groups:
+
+- ``AC``: driven by low-layer features only (the planted change does not reach them).
+- ``high``: driven by high-layer features (left hemisphere mostly high, right hemisphere
+  mixes low and high): ridge on the frozen model falls short here, a correct fine-tune
+  closes the gap.
+- ``silent``: noise only (ceiling 0); plus a few all-NaN voxels.
+
+Every voxel's signal has unit variance over the subject's stories; Gaussian noise of a
+per-voxel sd drawn from ``noise_sd`` is added. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import dataset as ds
+from .errors import BrainsweepError, DataError
+from .extract import all_window_features, to_trs
+from .features import DELAYS, WindowSpec
+from .textgrid import Interval
+
+TEST_STORY = ds.PAPER_TEST[0]
+VAL_STORIES = ds.PAPER_VAL
+TRAIN_STORY_NAMES = (
+    "alternateithicatom", "avatar", "howtodraw", "legacy", "life", "myfirstdaywiththeyankees",
+    "naked", "odetostepfather", "souls", "undertheinfluence", "adollshouse", "buck",
+    "eyespy", "hangtime", "inamoment", "itsabox", "sloth", "stagefright", "tildeath", "laws",
+)
+GROUPS = ("AC", "high", "silent")
+HRF_FIR = (0.35, 1.0, 0.7, 0.25)  # weights of delays 1..4 TRs
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Everything that determines a planted-teacher dataset."""
+
+    seed: int = 0
+    subjects: tuple[str, ...] = ("UTS01", "UTS02")
+    n_voxels: int = 240
+    n_train_stories: int = 6
+    train_trs: int = 70
+    val_trs: int = 40
+    test_trs: int = 50
+    n_repeats: int = 5
+    # the "pretrained" model
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 128
+    conv_dim: int = 32
+    # the truth
+    low_layer: int = 1
+    high_layer: int = 3
+    planted_layers: tuple[int, ...] = (3,)
+    planted_rank: int = 2
+    planted_scale: float = 1.5
+    readout_rank: int = 8
+    noise_sd: tuple[float, float] = (0.3, 0.8)
+    fraction_ac: float = 0.25
+    fraction_silent: float = 0.15
+    fraction_nan: float = 0.03
+    sample_rate: int = 16000
+    window: dict = field(default_factory=lambda: WindowSpec().as_dict())
+
+    def stories(self) -> dict[str, int]:
+        """Story -> number of (trimmed) response TRs."""
+        out = {name: self.train_trs for name in TRAIN_STORY_NAMES[: self.n_train_stories]}
+        out.update({name: self.val_trs for name in VAL_STORIES})
+        out[TEST_STORY] = self.test_trs
+        return out
+
+
+SIZES = {
+    "tiny": SynthSpec(),
+    "demo": SynthSpec(
+        n_voxels=600, n_train_stories=10, train_trs=120, val_trs=60, test_trs=80, n_repeats=8,
+        hidden_size=96, num_layers=6, num_heads=4, intermediate_size=192, conv_dim=48,
+        low_layer=2, high_layer=5, planted_layers=(4, 5), planted_rank=2,
+    ),
+}
+
+
+def wavlm_config(spec: SynthSpec):
+    """A small WavLM config with the real CNN geometry (320-sample hop, 400-sample field)."""
+    from transformers import WavLMConfig
+
+    return WavLMConfig(
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        conv_dim=(spec.conv_dim,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=False,
+    )
+
+
+def make_pretrained(spec: SynthSpec):
+    """The 'pretrained' model: a WavLM from config with its encoder's linear weights re-drawn."""
+    from transformers import WavLMModel
+
+    torch.manual_seed(spec.seed)
+    model = WavLMModel(wavlm_config(spec))
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    with torch.no_grad():
+        for module in list(model.encoder.modules()) + [model.feature_projection.projection]:
+            if isinstance(module, torch.nn.Linear):
+                fan_in = module.weight.shape[1]
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / fan_in**0.5)
+    return model.eval()
+
+
+def plant(model, spec: SynthSpec):
+    """The teacher: a copy of ``model`` with ``scale * U V^T`` added to q and v of the planted layers."""
+    import copy
+
+    teacher = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(spec.seed + 2)
+    d = spec.hidden_size
+    with torch.no_grad():
+        for layer in spec.planted_layers:
+            attn = teacher.encoder.layers[layer - 1].attention
+            for proj in (attn.q_proj, attn.v_proj):
+                u = torch.randn(d, spec.planted_rank, generator=gen) / d**0.5
+                v = torch.randn(d, spec.planted_rank, generator=gen)
+                proj.weight.add_(spec.planted_scale * u @ v.T)
+    return teacher.eval()
+
+
+# Formants (Hz) of a few vowels, and centre frequencies of noise consonants.
+VOWELS = {"AA": (730, 1090, 2440), "IY": (270, 2290, 3010), "UW": (300, 870, 2240), "EH": (530, 1840, 2480),
+          "AE": (660, 1720, 2410), "AO": (570, 840, 2410), "ER": (490, 1350, 1690), "OW": (450, 1000, 2300)}
+CONSONANTS = {"S": 5500.0, "SH": 3000.0, "F": 6500.0, "T": 4000.0, "K": 2200.0, "P": 1200.0, "TH": 7000.0}
+SYLLABLES = [c + v for c in CONSONANTS for v in VOWELS]
+
+
+def speechlike_audio(duration: float, rng: np.random.Generator, sample_rate: int = 16000):
+    """Speech-like sound: words of 1-3 syllables (noise consonant + voiced vowel), pauses.
+
+    Returns
+    -------
+    audio : float32 array of shape (round(duration * sample_rate),), peak about 0.5
+    words, phones : lists of :class:`core.textgrid.Interval`
+    """
+    n = int(round(duration * sample_rate))
+    audio = np.zeros(n, dtype=np.float64)
+    words, phones = [], []
+    f0_base = rng.uniform(100, 200)
+    t = rng.uniform(0.2, 0.8)
+    while True:
+        n_syll = int(rng.integers(1, 4))
+        syllables = [SYLLABLES[i] for i in rng.integers(0, len(SYLLABLES), n_syll)]
+        word_start = t
+        for syl in syllables:
+            cons = next(c for c in sorted(CONSONANTS, key=len, reverse=True) if syl.startswith(c))
+            vowel = syl[len(cons):]
+            c_len, v_len = rng.uniform(0.04, 0.1), rng.uniform(0.1, 0.25)
+            if t + c_len + v_len > duration - 0.05:
+                break
+            c_end = t + c_len
+            v_end = c_end + v_len
+            _add_noise_burst(audio, t, c_len, CONSONANTS[cons], rng, sample_rate)
+            phones.append(Interval(t, c_end, cons))
+            _add_vowel(audio, c_end, v_len, VOWELS[vowel], f0_base * rng.uniform(0.8, 1.25), rng, sample_rate)
+            phones.append(Interval(c_end, v_end, vowel))
+            t = v_end
+        if t > word_start:
+            words.append(Interval(word_start, t, "".join(syllables).lower()))
+        t += rng.uniform(0.03, 0.15) if rng.random() > 0.15 else rng.uniform(0.3, 0.9)
+        if t > duration - 0.4:
+            break
+    audio *= 0.5 / max(np.abs(audio).max(), 1e-9)
+    return audio.astype(np.float32), words, phones
+
+
+def _envelope(n: int) -> np.ndarray:
+    ramp = max(1, n // 5)
+    env = np.ones(n)
+    env[:ramp] = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, ramp))
+    env[-ramp:] = env[:ramp][::-1]
+    return env
+
+
+def _add_noise_burst(audio, start, length, centre, rng, sr):
+    i, n = int(start * sr), int(length * sr)
+    noise = rng.standard_normal(n)
+    spectrum = np.fft.rfft(noise)
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    spectrum *= np.exp(-0.5 * ((freqs - centre) / (0.25 * centre)) ** 2)
+    burst = np.fft.irfft(spectrum, n)
+    audio[i : i + n] += 0.3 * burst / max(np.abs(burst).max(), 1e-9) * _envelope(n)
+
+
+def _add_vowel(audio, start, length, formants, f0, rng, sr):
+    i, n = int(start * sr), int(length * sr)
+    tt = np.arange(n) / sr
+    contour = f0 * (1 + rng.uniform(-0.15, 0.15) * tt / max(length, 1e-3))  # rising or falling pitch
+    phase = 2 * np.pi * np.cumsum(contour) / sr
+    harmonics = np.arange(1, int(4000 // f0) + 1)
+    amps = sum(np.exp(-0.5 * ((harmonics * f0 - f) / 90.0) ** 2) / (1 + k) for k, f in enumerate(formants))
+    wave = (amps[:, None] * np.sin(harmonics[:, None] * phase[None, :])).sum(0)
+    audio[i : i + n] += wave / max(np.abs(wave).max(), 1e-9) * _envelope(n)
+
+
+def story_duration(n_trs: int, tr: float = ds.TR) -> float:
+    """Audio length for a story with ``n_trs`` trimmed rows: it ends 6 s after the last row's time."""
+    last_row = (n_trs - 1 + ds.TRIM_START) * tr + tr / 2 - ds.SOUND_START
+    return last_row + 6.0
+
+
+def tr_times(n_trs: int, tr: float = ds.TR) -> np.ndarray:
+    """Times of the trimmed rows on the audio clock, as :meth:`Dataset.tr_times` gives them."""
+    return (np.arange(n_trs) + ds.TRIM_START) * tr + tr / 2 - ds.SOUND_START
+
+
+def subject_readout(spec: SynthSpec, d: int, subject_index: int):
+    """Per-subject truth: voxel groups, hemispheres, mixing weights, readout and noise.
+
+    Returns a dict of arrays; ``w_low`` and ``w_high`` have shape
+    (len(DELAYS) * d, n_voxels), the rest (n_voxels,).
+    """
+    rng = np.random.default_rng([spec.seed, 100 + subject_index])
+    n = spec.n_voxels
+    left = np.arange(n) < n // 2
+    group = np.full(n, GROUPS.index("high"))
+    order = rng.permutation(n)
+    n_ac, n_silent = int(spec.fraction_ac * n), int(spec.fraction_silent * n)
+    group[order[:n_ac]] = GROUPS.index("AC")
+    group[order[n_ac : n_ac + n_silent]] = GROUPS.index("silent")
+    nan = np.zeros(n, bool)
+    nan[order[n_ac + n_silent : n_ac + n_silent + max(1, int(spec.fraction_nan * n))]] = True
+    # Hemispheres mix differently: left high voxels are mostly high-layer, right ones mix.
+    mix_low = np.select([group == 0, group == 2, left], [1.0, 0.0, 0.15], default=0.6)
+    mix_high = np.select([group == 0, group == 2, left], [0.0, 0.0, 1.0], default=0.7)
+    fir = np.asarray(HRF_FIR)[:, None, None]
+
+    def readout():
+        proj = rng.standard_normal((d, spec.readout_rank)) / np.sqrt(d)
+        mixing = rng.standard_normal((spec.readout_rank, n))
+        return (fir * (proj @ mixing)[None]).reshape(len(DELAYS) * d, n)
+
+    return {
+        "group": group, "left": left, "nan": nan,
+        "w_low": readout() * mix_low, "w_high": readout() * mix_high,
+        "noise_sd": rng.uniform(*spec.noise_sd, n),
+    }
+
+
+def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: bool = False,
+             progress=print) -> Path:
+    """Write a planted-teacher dataset to ``out`` (see the module docstring).
+
+    Reuses an existing dataset made from the same spec; a different one is an error
+    unless ``force``. The dataset is built in a temporary folder beside ``out`` and moved
+    into place at the end, so an interrupted run leaves nothing half-written.
+    """
+    out = Path(out)
+    spec_json = json.dumps(asdict(spec), sort_keys=True)
+    truth_file = out / "truth" / "truth.json"
+    if out.exists():
+        if truth_file.exists() and json.loads(truth_file.read_text()).get("spec") == json.loads(spec_json):
+            progress(f"synthetic dataset already at {out}")
+            return out
+        if not force:
+            raise DataError(f"{out}: exists and is not a synthetic dataset made with these settings (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write(tmp, spec, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(root: Path, spec: SynthSpec, progress) -> None:
+    pretrained = make_pretrained(spec)
+    teacher = plant(pretrained, spec)
+    pretrained.save_pretrained(root / "pretrained")
+    teacher.save_pretrained(root / "truth" / "teacher")
+    window = WindowSpec(**spec.window)
+    stories = spec.stories()
+    readouts = [subject_readout(spec, spec.hidden_size, i) for i in range(len(spec.subjects))]
+    rng = np.random.default_rng([spec.seed, 7])
+
+    signals = {s: {} for s in spec.subjects}
+    for k, (story, n_trs) in enumerate(stories.items()):
+        progress(f"[{k + 1}/{len(stories)}] {story}: audio and teacher features")
+        audio, words, phones = speechlike_audio(story_duration(n_trs), rng, spec.sample_rate)
+        ds.write_wav(root / "stimuli" / f"{story}.wav", audio, spec.sample_rate)
+        ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
+                          {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
+        times, feats = all_window_features(teacher, audio, window, [spec.low_layer, spec.high_layer])
+        x_low = to_trs(feats[spec.low_layer], times, tr_times(n_trs)).astype(np.float64)
+        x_high = to_trs(feats[spec.high_layer], times, tr_times(n_trs)).astype(np.float64)
+        for subject, r in zip(spec.subjects, readouts):
+            signals[subject][story] = x_low @ r["w_low"] + x_high @ r["w_high"]
+
+    ds.write_respdict(root / "derivative" / "respdict.json",
+                      {story: n + ds.TRIM_START + ds.TRIM_END for story, n in stories.items()})
+    truth = {"spec": json.loads(json.dumps(asdict(spec))), "groups": list(GROUPS), "delays": list(DELAYS),
+             "hrf_fir": list(HRF_FIR), "test_story": TEST_STORY, "val_stories": list(VAL_STORIES),
+             "model": "pretrained", "teacher": "truth/teacher",
+             "notes": "noise_sd is per voxel; each voxel's signal has unit variance over all stories"}
+    for i, (subject, r) in enumerate(zip(spec.subjects, readouts)):
+        progress(f"responses for {subject}")
+        _write_subject(root, subject, spec, r, signals[subject], np.random.default_rng([spec.seed, 200 + i]))
+    (root / "truth" / "truth.json").write_text(json.dumps(truth, indent=2))
+
+
+def _write_subject(root: Path, subject: str, spec: SynthSpec, r: dict, signals: dict, rng) -> None:
+    import h5py
+
+    scale = np.concatenate(list(signals.values())).std(axis=0)
+    scale[scale == 0] = 1.0
+    sd = np.where(r["group"] == GROUPS.index("silent"), 0.0, 1.0)
+    noise_sd = r["noise_sd"]
+    resp_dir = root / "derivative" / "preprocessed_data" / subject
+    for story, raw in signals.items():
+        signal = raw / scale * sd
+        if story == TEST_STORY:
+            repeats = signal[None] + noise_sd * rng.standard_normal((spec.n_repeats, *signal.shape))
+            repeats[:, :, r["nan"]] = np.nan
+            data = repeats.mean(axis=0)
+            test_signal = signal
+        else:
+            data = signal + noise_sd * rng.standard_normal(signal.shape)
+            data[:, r["nan"]] = np.nan
+            repeats = None
+        ds.write_responses(resp_dir / f"{story}.hf5", data.astype(np.float32),
+                           None if repeats is None else repeats.astype(np.float32))
+    ds.write_roi_masks(root / "derivative" / "rois" / f"{subject}.hf5",
+                       {"AC": r["group"] == GROUPS.index("AC"), "left": r["left"], "right": ~r["left"]})
+    # Exact ceiling of the stored test response (the mean of the repeats).
+    s = test_signal.std(axis=0)
+    noise_of_mean = noise_sd / np.sqrt(spec.n_repeats)
+    ceiling = np.where(s > 0, s / np.sqrt(s**2 + noise_of_mean**2), 0.0)
+    ceiling[r["nan"]] = np.nan
+    with h5py.File(root / "truth" / f"{subject}.hf5", "w") as f:
+        f["group"] = r["group"]
+        f["nan"] = r["nan"]
+        f["noise_sd"] = noise_sd
+        f["noise_ceiling"] = ceiling
+        f["signal_test"] = test_signal.astype(np.float32)
+        f["w_low"] = r["w_low"].astype(np.float32)
+        f["w_high"] = r["w_high"].astype(np.float32)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.synth", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder to write the dataset to")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing folder")
+    args = parser.parse_args(argv)
+    try:
+        path = generate(args.out, replace(SIZES[args.size], seed=args.seed), force=args.force)
+    except BrainsweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""WavLM: loading a checkpoint, and a forward pass that LoRA adapters can change.
+
+Why our own forward pass: transformers' ``WavLMAttention`` hands ``q_proj.weight``,
+``k_proj.weight`` and ``v_proj.weight`` straight to ``F.multi_head_attention_forward``,
+so adapters that wrap those ``nn.Linear`` modules (peft's LoRA) are never called: no
+change in the output, no gradient (BRIEF section 5). :func:`attention` computes the same
+thing by *calling* the projection modules, so whatever wraps them runs. It reuses the
+checkpoint's modules and weights unchanged; nothing in transformers is patched.
+``tests/test_wavlm.py`` checks it against transformers' own outputs.
+
+It also stops at the read-out layer: layers above it are never computed, and it skips
+the SpecAugment masking that ``WavLMModel.forward`` applies in training mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import WavLMConfig, WavLMModel
+
+from .errors import ConfigError
+
+
+def load_wavlm(model: str, *, layerdrop: float = 0.0, dtype: torch.dtype = torch.float32) -> WavLMModel:
+    """Load a WavLM checkpoint (local folder or hub id) with its CNN frozen.
+
+    Parameters
+    ----------
+    model : str
+        Anything ``WavLMModel.from_pretrained`` accepts.
+    layerdrop : float
+        Set explicitly: the checkpoints ship 0.1, which skips layers at random in training.
+        (Our :func:`encode` never drops layers; this only keeps the config honest.)
+    """
+    try:
+        net = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    net.feature_extractor._freeze_parameters()
+    return net.eval()
+
+
+def cnn_slicing_is_exact(config: WavLMConfig) -> bool:
+    """True when a window's CNN output is exactly a slice of the whole story's.
+
+    With ``feat_extract_norm == "layer"`` every CNN frame depends only on its own
+    400-sample receptive field. With ``"group"`` (wavlm-base, base-plus) the first conv
+    layer's GroupNorm normalises each channel over the whole input, so a window's output
+    depends on the window's extent.
+    """
+    return config.feat_extract_norm == "layer"
+
+
+def frame_hop(config: WavLMConfig) -> int:
+    """Samples between CNN frames (product of conv strides; 320 for every WavLM)."""
+    hop = 1
+    for s in config.conv_stride:
+        hop *= s
+    return hop
+
+
+def conv_output_length(n_samples: int, config: WavLMConfig) -> int:
+    """Number of CNN frames for ``n_samples`` of audio (no padding in the CNN)."""
+    n = n_samples
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        n = (n - k) // s + 1
+    return n
+
+
+def receptive_field(config: WavLMConfig) -> int:
+    """Samples one CNN frame sees (400 for every WavLM)."""
+    field = 1
+    for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        field = (field - 1) * s + k
+    return field
+
+
+def cnn_features(model: WavLMModel, audio: torch.Tensor) -> torch.Tensor:
+    """Frozen CNN features.
+
+    Parameters
+    ----------
+    audio : tensor of shape (batch, n_samples), 16 kHz.
+
+    Returns
+    -------
+    tensor of shape (batch, n_frames, conv_dim[-1])
+    """
+    return model.feature_extractor(audio).transpose(1, 2)
+
+
+def attention(attn, hidden: torch.Tensor, position_bias: torch.Tensor | None):
+    """WavLM gated relative-position self-attention, calling the projection modules.
+
+    Parameters
+    ----------
+    attn : transformers ``WavLMAttention`` (its q/k/v/out projections may be wrapped).
+    hidden : tensor of shape (batch, n_frames, hidden_size)
+    position_bias : tensor of shape (1, n_heads, n_frames, n_frames), or None for the
+        first layer, which computes it from its relative-position embedding.
+
+    Returns
+    -------
+    output : tensor of shape (batch, n_frames, hidden_size)
+    position_bias : the ungated bias, passed on to the next layer.
+    """
+    b, t, d = hidden.shape
+    h, hd = attn.num_heads, attn.head_dim
+    if position_bias is None:
+        position_bias = attn.compute_bias(t, t).unsqueeze(0)
+    # Gate the bias per head and query position from the layer's input.
+    per_head = hidden.view(b, t, h, hd).transpose(1, 2)
+    gate_logits = attn.gru_rel_pos_linear(per_head).view(b, h, t, 2, 4).sum(-1)
+    gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
+    gate = gate_a * (gate_b * attn.gru_rel_pos_const - 1.0) + 2.0
+    bias = (gate * position_bias).to(hidden.dtype)
+
+    q = attn.q_proj(hidden).view(b, t, h, hd).transpose(1, 2)
+    k = attn.k_proj(hidden).view(b, t, h, hd).transpose(1, 2)
+    v = attn.v_proj(hidden).view(b, t, h, hd).transpose(1, 2)
+    dropout = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    out = attn.out_proj(out.transpose(1, 2).reshape(b, t, d))
+    return out, position_bias
+
+
+def encoder_layer(layer, hidden: torch.Tensor, position_bias, stable_layer_norm: bool):
+    """One transformer layer (post-LN, or pre-LN for ``do_stable_layer_norm`` checkpoints)."""
+    if stable_layer_norm:
+        attn_out, position_bias = attention(layer.attention, layer.layer_norm(hidden), position_bias)
+        hidden = hidden + layer.dropout(attn_out)
+        hidden = hidden + layer.feed_forward(layer.final_layer_norm(hidden))
+    else:
+        attn_out, position_bias = attention(layer.attention, hidden, position_bias)
+        hidden = layer.layer_norm(hidden + layer.dropout(attn_out))
+        hidden = layer.final_layer_norm(hidden + layer.feed_forward(hidden))
+    return hidden, position_bias
+
+
+def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
+    """Transformer hidden states from CNN features, up to layer ``n_layers``.
+
+    Parameters
+    ----------
+    cnn : tensor of shape (batch, n_frames, conv_dim[-1])
+    n_layers : int
+        Last transformer layer to compute (1-based; layers above it are not run).
+
+    Returns
+    -------
+    list of ``n_layers + 1`` tensors of shape (batch, n_frames, hidden_size): element
+    ``k`` is ``hidden_states[k]`` of transformers' ``WavLMModel`` (0 = input to the first
+    layer; for pre-LN checkpoints the last layer's output is taken before the encoder's
+    final LayerNorm, as transformers records it).
+    """
+    config = model.config
+    if not 0 <= n_layers <= config.num_hidden_layers:
+        raise ConfigError(f"layer {n_layers} does not exist: the model has {config.num_hidden_layers} layers")
+    enc = model.encoder
+    stable = config.do_stable_layer_norm
+    hidden, _ = model.feature_projection(cnn)
+    hidden = hidden + enc.pos_conv_embed(hidden)
+    if not stable:
+        hidden = enc.layer_norm(hidden)
+    hidden = enc.dropout(hidden)
+    states = [hidden]
+    position_bias = None
+    for layer in enc.layers[:n_layers]:
+        hidden, position_bias = encoder_layer(layer, hidden, position_bias, stable)
+        states.append(hidden)
+    return states

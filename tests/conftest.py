@@ -1,0 +1,28 @@
+"""Shared fixtures: the tiny planted-teacher dataset, made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from core.cli import quiet_libraries
+from core.synth import SIZES, generate
+
+quiet_libraries()
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory):
+    """Keep the frozen-feature cache of the tests out of the user's home."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["BRAINSWEEP_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """The tiny planted-teacher dataset (see core.synth); treat it as read-only."""
+    return generate(tmp_path_factory.mktemp("data") / "tiny", SIZES["tiny"], progress=lambda message: None)
