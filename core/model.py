@@ -1,0 +1,255 @@
+"""The BrainWavLM encoding model: WavLM (+ LoRA) -> windows -> TRs -> delays -> voxels.
+
+    audio windows --WavLM up to the read-out layer--> one vector per window (chunk mean)
+      --Lanczos (banded, differentiable)--> TR features --running normalisation-->
+      --FIR delays--> bottleneck readout --> voxels
+
+A training step runs only the windows that feed its block of TRs (plus the TRs its
+delays reach back to). Layers above the read-out layer are never computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import wavlm as wl
+from .extract import StoryWindows, story_cnn, window_vectors
+from .features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+FEED_FORWARD_TARGETS = ("intermediate_dense", "output_dense")
+
+
+def module_name(layer: int, target: str) -> str:
+    """Name of a projection in ``WavLMModel`` for 1-based ``layer``."""
+    part = "attention" if target in ATTENTION_TARGETS else "feed_forward"
+    return f"encoder.layers.{layer - 1}.{part}.{target}"
+
+
+def adapt(model, layers: list[int], targets: list[str], rank: int, alpha: float, dropout: float) -> list[nn.Parameter]:
+    """Make ``layers`` of a WavLM trainable: LoRA adapters on ``targets``, or all weights when ``rank == 0``.
+
+    Every other weight is frozen. Adapters start at zero (peft initialises ``lora_B`` to
+    0), so the adapted model starts equal to the pretrained one.
+
+    Returns
+    -------
+    the trainable parameters.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if rank == 0:
+        for layer in layers:
+            for p in model.encoder.layers[layer - 1].parameters():
+                p.requires_grad_(True)
+    elif layers:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        names = [module_name(layer, t) for layer in layers for t in targets]
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+        inject_adapter_in_model(config, model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class RunningNorm(nn.Module):
+    """Per-feature normalisation with running statistics (no affine part).
+
+    The statistics are set from the epoch-0 features of the training stories and then
+    follow training with an exponential moving average. They are buffers, not learned,
+    and are used detached, so a block's prediction does not depend on which other TRs
+    share its block, and training and evaluation normalise the same way.
+    """
+
+    def __init__(self, n_features: int, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("var", torch.ones(n_features))
+
+    def set_stats(self, x: torch.Tensor) -> None:
+        """Statistics of ``x`` of shape (n_trs, n_features)."""
+        self.mean.copy_(x.mean(0))
+        self.var.copy_(x.var(0, unbiased=False))
+
+    def update(self, x: torch.Tensor) -> None:
+        m = self.momentum
+        self.mean.mul_(1 - m).add_(m * x.mean(0))
+        self.var.mul_(1 - m).add_(m * x.var(0, unbiased=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * torch.rsqrt(self.var + 1e-6)
+
+
+class Readout(nn.Module):
+    """Delayed features -> voxels: ``Linear(in, k) -> Linear(k, voxels)``, or one ``Linear`` when ``k == 0``."""
+
+    def __init__(self, n_in: int, n_out: int, bottleneck: int):
+        super().__init__()
+        self.bottleneck = bottleneck
+        if bottleneck:
+            self.down = nn.Linear(n_in, bottleneck, bias=False)
+            self.up = nn.Linear(bottleneck, n_out)
+        else:
+            self.up = nn.Linear(n_in, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x)) if self.bottleneck else self.up(x)
+
+    @torch.no_grad()
+    def set_linear(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Set the readout to the linear map ``x @ weight + bias`` (best rank-k approximation with a bottleneck).
+
+        Parameters
+        ----------
+        weight : array of shape (n_in, n_out)
+        bias : array of shape (n_out,)
+        """
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        if self.bottleneck:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            k = min(self.bottleneck, len(s))
+            root = s[:k].sqrt()
+            self.down.weight.zero_()
+            self.up.weight.zero_()
+            self.down.weight[:k] = (u[:, :k] * root).T
+            self.up.weight[:, :k] = vh[:k].T * root
+        else:
+            self.up.weight.copy_(w.T)
+        self.up.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+
+@dataclass
+class StoryInput:
+    """What the model needs of one story, prepared once per visit (cheap until windows run).
+
+    Attributes
+    ----------
+    windows : the story's windows.
+    padded : tensor of shape (n_padded_samples,), the audio with a window of silence before.
+    lanczos : operator from window times to the response TRs extended by ``max(delays)``
+        earlier TRs (kept on the CPU: it only holds indices and weights).
+    cnn : tensor of shape (n_frames, conv_dim) or None, the story's frozen CNN output,
+        computed on first use when the model caches it.
+    responses : tensor of shape (n_trs, n_outputs) or None, targets of the trained voxels.
+    """
+
+    name: str
+    windows: StoryWindows
+    padded: torch.Tensor
+    lanczos: LanczosOperator
+    cnn: torch.Tensor | None
+    responses: torch.Tensor | None
+    n_trs: int
+
+
+class BrainModel(nn.Module):
+    """WavLM with a differentiable readout to voxel responses.
+
+    Parameters
+    ----------
+    wavlm : a ``WavLMModel`` (adapters already added, see :func:`adapt`).
+    readout_layers : layers read out (1-based); several are mixed by learned softmax weights.
+    spec : window settings.
+    delays : FIR delays in TRs.
+    bottleneck : readout rank (0 = full linear map).
+    n_outputs : number of predicted voxels.
+    cnn_cache : run the frozen CNN once per story and slice it (exact for layer-norm CNNs).
+    """
+
+    def __init__(self, wavlm, readout_layers: list[int], spec: WindowSpec, delays, bottleneck: int,
+                 n_outputs: int, cnn_cache: bool, norm_momentum: float = 0.01):
+        super().__init__()
+        self.wavlm = wavlm
+        self.readout_layers = list(readout_layers)
+        self.spec = spec
+        self.delays = list(delays)
+        self.cnn_cache = cnn_cache
+        hidden = wavlm.config.hidden_size
+        self.layer_logits = nn.Parameter(torch.zeros(len(readout_layers))) if len(readout_layers) > 1 else None
+        self.norm = RunningNorm(hidden, norm_momentum)
+        self.readout = Readout(len(self.delays) * hidden, n_outputs, bottleneck)
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.mean.device
+
+    def prepare(self, name: str, audio: np.ndarray, tr_times: np.ndarray, responses: np.ndarray | None) -> StoryInput:
+        """Windows, padded audio, Lanczos operator, CNN cache and targets of one story."""
+        windows = StoryWindows.for_audio(len(audio), self.spec)
+        padded = torch.from_numpy(windows.pad(audio)).to(self.device)
+        lanczos = LanczosOperator(windows.times, extended_tr_times(tr_times, max(self.delays)))
+        targets = None if responses is None else torch.as_tensor(responses, dtype=torch.float32, device=self.device)
+        return StoryInput(name, windows, padded, lanczos, None, targets, len(tr_times))
+
+    def mix_layers(self, vectors: dict[int, torch.Tensor]) -> torch.Tensor:
+        """One vector per window from the read-out layer(s): (n_windows, hidden_size)."""
+        if self.layer_logits is None:
+            return vectors[self.readout_layers[0]]
+        weights = torch.softmax(self.layer_logits, 0)
+        return sum(w * vectors[k] for w, k in zip(weights, self.readout_layers))
+
+    def window_features(self, story: StoryInput, ids: np.ndarray) -> torch.Tensor:
+        """Window vectors of windows ``ids``: (len(ids), hidden_size)."""
+        if self.cnn_cache and story.cnn is None:
+            story.cnn = story_cnn(self.wavlm, story.padded)
+        return self.mix_layers(window_vectors(self.wavlm, story.padded, story.windows, ids, self.readout_layers, story.cnn))
+
+    def head(self, window_vectors_: torch.Tensor, story: StoryInput, rows: slice, ids=None) -> torch.Tensor:
+        """Window vectors -> normalised delayed features of response rows ``rows``.
+
+        Returns (rows.stop - rows.start, len(delays) * hidden_size).
+        """
+        extended = slice(rows.start, rows.stop + max(self.delays))
+        x = story.lanczos(window_vectors_, rows=extended, window_ids=ids)
+        if self.training:
+            self.norm.update(x.detach().float())
+        return delay_features(self.norm(x), self.delays)
+
+    def forward(self, story: StoryInput, start: int, stop: int) -> torch.Tensor:
+        """Predicted responses of TRs ``start:stop`` of a story, (stop - start, n_outputs).
+
+        Only the windows whose Lanczos weights reach those TRs (or the TRs their delays
+        read) are run through WavLM.
+        """
+        rows = slice(start, stop)
+        ids = story.lanczos.windows_for(slice(start, stop + max(self.delays)))
+        vectors = self.window_features(story, ids)
+        return self.readout(self.head(vectors, story, rows, ids))
+
+    @torch.no_grad()
+    def all_window_features(self, story: StoryInput, batch_windows: int = 64) -> torch.Tensor:
+        """Vectors of every window of a story, batched, without gradients: (n_windows, hidden_size)."""
+        out = [self.window_features(story, np.arange(i, min(i + batch_windows, len(story.windows))))
+               for i in range(0, len(story.windows), batch_windows)]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def story_features(self, story: StoryInput, vectors: torch.Tensor | None = None, batch_windows: int = 64) -> torch.Tensor:
+        """Normalised delayed features of every response TR: (n_trs, len(delays) * hidden_size)."""
+        if vectors is None:
+            vectors = self.all_window_features(story, batch_windows)
+        training = self.training
+        self.eval()
+        try:
+            return self.head(vectors.to(self.device), story, slice(0, story.n_trs))
+        finally:
+            self.train(training)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What training changes: trainable parameters and the normalisation statistics."""
+        state = {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
+        state.update({name: b.detach().clone() for name, b in self.named_buffers() if name.startswith("norm.")})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters()) | dict(self.named_buffers())
+        missing = sorted(set(self.trainable_state()) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks {', '.join(missing[:5])}")
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name].copy_(value)

@@ -1,0 +1,78 @@
+"""Fine-tune WavLM on one subject: ``python -m core.train``.
+
+``python -m core.train --data DIR --subject UTS01 --out OUT [--config FILE.yaml] [--set name=value ...]``
+
+Writes, when the run completes:
+
+- ``OUT/summary.json``: ``baseline`` (epoch 0, ridge), ``tuned`` (ridge refit on the best
+  epoch's features: the paper's protocol) and ``tuned_readout`` (the model's own readout),
+  each with ``mean_r``, ``roi_mean_r`` (and ``ceiling_fraction`` where the test story has
+  repeats); ``best_epoch``; the per-epoch history; the full configuration.
+- ``OUT/voxel_r.hf5``: per-voxel ``baseline_r``, ``tuned_r``, ``tuned_readout_r`` and
+  ``ceiling``, each of shape (n_voxels,).
+- ``OUT/config.yaml``: the configuration, loadable with ``--config``.
+
+``OUT/checkpoints/`` holds ``last.pt`` and ``best.pt``; running the same command again
+resumes an interrupted run where it stopped. Settings are documented in
+:mod:`core.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .cli import progress, run
+from .config import TrainConfig
+from .dataset import Dataset
+from .outputs import write_json, write_voxel_results
+from .trainer import Trainer
+
+
+def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
+    """Results files, each written to a temporary name first so none is ever half-written."""
+    results = trainer.results
+    arrays = {"baseline_r": results["baseline"].r, "tuned_r": results["tuned"].r,
+              "tuned_readout_r": results["tuned_readout"].r}
+    if results["tuned"].ceiling is not None:
+        arrays["ceiling"] = results["tuned"].ceiling
+    for name, write in [
+        ("voxel_r.hf5", lambda p: write_voxel_results(p, arrays, {"config": summary["config"], "subject": summary["subject"]})),
+        ("config.yaml", lambda p: p.write_text(yaml.safe_dump(summary["config"], sort_keys=False))),
+        ("summary.json", lambda p: write_json(p, summary)),
+    ]:
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        write(tmp)
+        os.replace(tmp, out / name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="dataset root (ds003020 layout)")
+    parser.add_argument("--subject", required=True)
+    parser.add_argument("--out", required=True, help="output folder; an interrupted run there is resumed")
+    parser.add_argument("--config", help="YAML file of settings (see core/config.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3]")
+    args = parser.parse_args(argv)
+
+    config = TrainConfig.load(args.config, args.set)
+    dataset = Dataset(args.data)
+    trainer = Trainer(config, dataset, args.subject, args.out, progress=progress)
+    summary = trainer.fit()
+    out = Path(args.out)
+    write_results(out, trainer, summary)
+    for name in ("baseline", "tuned", "tuned_readout"):
+        s = summary[name]
+        rois = ", ".join(f"{k} {v:.3f}" for k, v in s["roi_mean_r"].items())
+        print(f"{name:>13}: mean r {s['mean_r']:.3f} ({rois})")
+    print(f"best epoch {summary['best_epoch']}; wrote {out}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,342 @@
+"""Training a BrainWavLM model for one subject, with exact resume.
+
+The run, in order (``Trainer.fit``):
+
+1. **Epoch 0** (the adapters are zero: the frozen model). Features of every training,
+   validation and test story; the normalisation statistics from the training stories;
+   ridge on the training stories -> the frozen **baseline** on the test stories; the
+   readout starts from that ridge map (``readout_init: ridge``) or at random.
+2. **Epochs 1..E.** Stories in a seeded shuffled order; within a story, blocks of
+   ``block_trs`` consecutive TRs, one optimiser step each, forwarding only the windows
+   that feed the block. After each epoch: validation r (whole cortex and per ROI) with
+   the model's own readout, a checkpoint, and a report to ``on_epoch`` (Ray Tune plugs
+   in here).
+3. **Best epoch** by validation r (epoch 0 included). Test evaluation two ways: ridge
+   refit on the best model's features (**tuned**, the paper's protocol) and the model's
+   own readout (**tuned_readout**).
+
+Checkpoints (``OUT/checkpoints/last.pt`` and ``best.pt``) hold only what changes: the
+trainable weights, normalisation statistics, optimiser state, RNG states, the epoch and
+the history. A run started again on the same ``OUT`` with the same configuration resumes
+from ``last.pt`` and gives the same numbers as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .config import TrainConfig
+from .dataset import Dataset
+from .errors import ConfigError
+from .evaluation import Evaluation, held_out_responses, score
+from .extract import FrozenFeatures, resolve_cnn_cache
+from .features import WindowSpec
+from .loss import loss_fn, voxel_weights
+from .model import BrainModel, adapt
+from .ridge import fit_ridge
+from .wavlm import load_wavlm
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int) -> list[tuple[str, int, int]]:
+    """The epoch's optimiser steps: (story, first TR, stop TR), stories in a seeded order.
+
+    A story's last block may be shorter; one of fewer than 2 TRs is dropped (a temporal
+    correlation needs two).
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(sorted(stories))
+    blocks = []
+    for story in order:
+        n = stories[story]
+        blocks += [(story, a, min(a + block_trs, n)) for a in range(0, n, block_trs) if min(a + block_trs, n) - a >= 2]
+    return blocks
+
+
+class Trainer:
+    """Fine-tune WavLM on one subject's responses.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    dataset : Dataset
+    subject : str
+    out : folder for checkpoints and results
+    progress : callable taking a message
+    on_epoch : callable taking the epoch's metrics dict (after its checkpoint is written)
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, subject: str, out, *,
+                 progress: Callable[[str], None] = lambda m: None,
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.config = config
+        self.dataset = dataset
+        self.subject = subject
+        self.out = Path(out)
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.device = resolve_device(config.device)
+        self.model_name = config.model or str(Path(dataset.root) / "pretrained")
+
+        dataset.validate(subject)
+        self.split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
+        self.story_trs = {s: dataset.n_trs(subject, s) for s in self.split.train + self.split.val + self.split.test}
+        self.roi_masks = dataset.roi_masks(subject)
+        nan = dataset.nan_voxels(subject)
+        config.check_against(n_layers=self._n_layers(), roi_names=list(self.roi_masks),
+                             story_trs={s: self.story_trs[s] for s in self.split.train})
+        self.weights = voxel_weights(config.roi_weights, self.roi_masks, nan)
+        self.outputs = np.flatnonzero(self.weights > 0)  # voxels the readout predicts
+
+        seed_everything(config.seed)
+        self.spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
+        net = load_wavlm(self.model_name, layerdrop=config.layerdrop)
+        self.cnn_cache = resolve_cnn_cache(net, {"on": True, "off": False}.get(config.cnn_cache, config.cnn_cache))
+        trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank,
+                          config.lora_alpha, config.lora_dropout)
+        layers = config.readout_layers or [config.readout_layer]
+        self.model = BrainModel(net, layers, self.spec, config.delays, config.bottleneck, len(self.outputs),
+                                self.cnn_cache, config.norm_momentum).to(self.device)
+        head = list(self.model.readout.parameters()) + ([self.model.layer_logits] if self.model.layer_logits is not None else [])
+        groups = [{"params": head, "lr": config.readout_lr, "name": "readout"}]
+        if trainable:
+            groups.insert(0, {"params": trainable, "lr": config.lr, "name": "backbone"})
+        self.optimizer = torch.optim.Adam(groups, weight_decay=config.weight_decay)
+        self.loss_weights = torch.as_tensor(self.weights[self.outputs], device=self.device)
+        self.history: list[dict] = []
+        self.baseline: dict | None = None
+        self.best = {"epoch": 0, "val_r": -np.inf}
+        self.epoch = 0
+        self._inputs: dict[str, object] = {}
+
+    def _n_layers(self) -> int:
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(self.model_name).num_hidden_layers
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot load WavLM checkpoint {self.model_name!r}: {str(err).splitlines()[0]}") from None
+
+    # -- data ---------------------------------------------------------------------------
+
+    def story_input(self, story: str):
+        """The story's prepared input; the last two stories used are kept."""
+        if story not in self._inputs:
+            if len(self._inputs) >= 2:
+                self._inputs.pop(next(iter(self._inputs)))
+            responses = self.dataset.responses(self.subject, story)[:, self.outputs]
+            self._inputs[story] = self.model.prepare(story, self.dataset.audio(story),
+                                                     self.dataset.tr_times(self.subject, story), responses)
+        return self._inputs[story]
+
+    def features(self, story: str, vectors=None) -> torch.Tensor:
+        """Normalised delayed features of a whole story with the current model."""
+        return self.model.story_features(self.story_input(story), vectors, self.config.batch_windows)
+
+    # -- epoch 0 ------------------------------------------------------------------------
+
+    def _epoch_zero(self) -> None:
+        """Baseline, normalisation statistics and readout initialisation from the frozen model."""
+        started = time.time()
+        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
+                                batch_windows=self.config.batch_windows)
+        stories = self.split.train + self.split.val + self.split.test
+        vectors = {}
+        for i, story in enumerate(stories):
+            self.progress(f"epoch 0 [{i + 1}/{len(stories)}] frozen features: {story}")
+            _, feats = frozen.window_features(self.dataset, story, self.model.readout_layers)
+            vectors[story] = self.model.mix_layers({k: torch.from_numpy(v) for k, v in feats.items()})
+        del frozen
+        raw = torch.cat([self._extended_trs(s, vectors[s]) for s in self.split.train])
+        self.model.norm.set_stats(raw.to(self.device))
+        feats = {s: self.features(s, vectors[s]).cpu().numpy() for s in stories}
+        fit, baseline = self._ridge(feats)
+        self.baseline = baseline.summary
+        self._baseline_eval = baseline
+        if self.config.readout_init == "ridge":
+            self._init_readout(fit)
+        val = self._validate(feats)
+        self._end_epoch(0, train_loss=float("nan"), val=val, seconds=time.time() - started)
+
+    def _extended_trs(self, story: str, vectors: torch.Tensor) -> torch.Tensor:
+        """Un-normalised TR features including the delays' extra leading rows."""
+        inp = self.story_input(story)
+        return inp.lanczos(vectors.to(self.device))
+
+    def _ridge(self, feats: dict[str, np.ndarray]):
+        """Ridge on the training stories' features; scored on the test stories."""
+        X = np.concatenate([feats[s] for s in self.split.train])
+        Y = np.concatenate([self.dataset.responses(self.subject, s) for s in self.split.train])
+        fit = fit_ridge(X, Y, backend=self.config.ridge_backend, seed=self.config.seed)
+        responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
+        prediction = np.concatenate([fit.predict(feats[s]) for s in self.split.test])
+        result = score(prediction, responses, self.roi_masks, ceiling)
+        result.alphas = fit.alphas
+        return fit, result
+
+    def _init_readout(self, fit) -> None:
+        """Fold ridge's standardisation into a linear map on our normalised features."""
+        scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
+        weight = fit.weights[:, self.outputs] * scale[:, None]
+        bias = fit.y_mean[self.outputs] - (fit.x_mean * scale) @ fit.weights[:, self.outputs]
+        self.model.readout.set_linear(weight, bias)
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def _predict(self, feats: np.ndarray) -> np.ndarray:
+        """Own-readout prediction for all voxels (NaN for voxels not predicted)."""
+        with torch.no_grad():
+            pred = self.model.readout(torch.as_tensor(feats, device=self.device)).float().cpu().numpy()
+        full = np.full((len(feats), len(self.weights)), np.nan, np.float32)
+        full[:, self.outputs] = pred
+        return full
+
+    def _validate(self, feats: dict[str, np.ndarray]) -> dict:
+        """Validation temporal r of the model's own readout: weighted whole-cortex and per ROI."""
+        stories = self.split.val
+        if not stories:
+            return {"val_r": float("nan"), "val_roi_r": {}}
+        pred = np.concatenate([self._predict(feats[s]) for s in stories])
+        actual = np.concatenate([self.dataset.responses(self.subject, s) for s in stories])
+        r = metrics.pearson_r(pred, actual)
+        ok = np.isfinite(r) & (self.weights > 0)
+        val_r = float((self.weights[ok] * r[ok]).sum() / self.weights[ok].sum()) if ok.any() else float("nan")
+        return {"val_r": val_r, "val_roi_r": metrics.roi_summary(r, self.roi_masks)}
+
+    def _features_now(self, stories) -> dict[str, np.ndarray]:
+        return {s: self.features(s).cpu().numpy() for s in stories}
+
+    # -- training -----------------------------------------------------------------------
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        train_stories = {s: self.story_trs[s] for s in self.split.train}
+        blocks = epoch_blocks(train_stories, self.config.block_trs, self.config.seed, epoch)
+        losses = []
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        for i, (story, start, stop) in enumerate(blocks):
+            inp = self.story_input(story)
+            with autocast:
+                pred = self.model(inp, start, stop)
+            loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+            if (i + 1) % max(1, len(blocks) // 4) == 0:
+                self.progress(f"epoch {epoch} step {i + 1}/{len(blocks)} loss {np.mean(losses[-10:]):.4f}")
+        self.model.eval()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _end_epoch(self, epoch: int, *, train_loss: float, val: dict, seconds: float) -> None:
+        record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(seconds, 2)}
+        self.history.append(record)
+        self.epoch = epoch
+        improved = np.isfinite(val["val_r"]) and val["val_r"] > self.best["val_r"]
+        if improved or epoch == 0:
+            self.best = {"epoch": epoch, "val_r": val["val_r"]}
+            self._save(self.out / "checkpoints" / "best.pt")
+        self._save(self.out / "checkpoints" / "last.pt")
+        self.progress(f"epoch {epoch}: val r {val['val_r']:.4f}" + (" (best)" if self.best["epoch"] == epoch else ""))
+        if self.on_epoch is not None:
+            self.on_epoch(dict(record, best_epoch=self.best["epoch"], best_val_r=self.best["val_r"]))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def _save(self, path: Path) -> None:
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "subject": self.subject,
+            "epoch": self.epoch,
+            "model": self.model.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "history": self.history,
+            "best": self.best,
+            "baseline": self.baseline,
+            "baseline_eval": vars(self._baseline_eval),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def _load(self, path: Path, restore_rng: bool) -> dict:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != self.config.to_dict() or state["subject"] != self.subject:
+            raise ConfigError(f"{path}: holds a run with other settings; use another --out, or remove it to start over")
+        self.model.load_trainable_state(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.best, self.baseline, self.epoch = state["history"], state["best"], state["baseline"], state["epoch"]
+        self._baseline_eval = Evaluation(**state["baseline_eval"])
+        if restore_rng:
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state
+
+    # -- the run ------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Train (or resume), evaluate the best epoch and return the summary."""
+        last = self.out / "checkpoints" / "last.pt"
+        if last.exists():
+            self._load(last, restore_rng=True)
+            self.progress(f"resuming after epoch {self.epoch} from {last}")
+        else:
+            self._epoch_zero()
+        for epoch in range(self.epoch + 1, self.config.epochs + 1):
+            started = time.time()
+            loss = self._train_epoch(epoch)
+            val = self._validate(self._features_now(self.split.val))
+            self._end_epoch(epoch, train_loss=loss, val=val, seconds=time.time() - started)
+        return self.evaluate()
+
+    def evaluate(self) -> dict:
+        """Test evaluation of the best epoch: ridge refit (tuned) and own readout (tuned_readout)."""
+        self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
+        self.progress(f"test evaluation of epoch {self.best['epoch']}")
+        feats = self._features_now(self.split.train + self.split.test)
+        _, tuned = self._ridge(feats)
+        responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
+        readout = score(np.concatenate([self._predict(feats[s]) for s in self.split.test]), responses,
+                        self.roi_masks, ceiling)
+        self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
+        baseline = self._baseline_eval
+        self.results = {"baseline": baseline, "tuned": tuned, "tuned_readout": readout}
+        return {
+            "subject": self.subject,
+            "best_epoch": self.best["epoch"],
+            "best_val_r": self.best["val_r"],
+            "baseline": baseline.summary,
+            "tuned": tuned.summary,
+            "tuned_readout": readout.summary,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "model": self.model_name,
+            "n_trainable": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
+        }
