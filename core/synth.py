@@ -148,7 +148,12 @@ def make_pretrained(spec: SynthSpec):
 
 
 def plant(model, spec: SynthSpec):
-    """The teacher: a copy of ``model`` with ``scale * U V^T`` added to q and v of the planted layers."""
+    """The teacher: ``model`` with a rank-``r`` change added to q and v of the planted layers.
+
+    The change is ``scale * ||W||_2 * U V^T`` with random orthonormal ``U``, ``V`` of
+    ``r`` columns: each of its ``r`` singular values is ``scale`` times the weight's
+    largest, so the change is large, yet within reach of a LoRA adapter of rank >= r.
+    """
     import copy
 
     teacher = copy.deepcopy(model)
@@ -158,9 +163,10 @@ def plant(model, spec: SynthSpec):
         for layer in spec.planted_layers:
             attn = teacher.encoder.layers[layer - 1].attention
             for proj in (attn.q_proj, attn.v_proj):
-                u = torch.randn(d, spec.planted_rank, generator=gen) / d**0.5
-                v = torch.randn(d, spec.planted_rank, generator=gen)
-                proj.weight.add_(spec.planted_scale * u @ v.T)
+                u = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
+                v = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
+                norm = torch.linalg.matrix_norm(proj.weight, ord=2)
+                proj.weight.add_(spec.planted_scale * norm * u @ v.T)
     return teacher.eval()
 
 

@@ -110,7 +110,7 @@ class Trainer:
 
         seed_everything(config.seed)
         self.spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
-        net = load_wavlm(self.model_name, layerdrop=config.layerdrop)
+        net = load_wavlm(self.model_name, layerdrop=config.layerdrop, dropout=config.dropout)
         self.cnn_cache = resolve_cnn_cache(net, {"on": True, "off": False}.get(config.cnn_cache, config.cnn_cache))
         trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank,
                           config.lora_alpha, config.lora_dropout)
@@ -121,7 +121,7 @@ class Trainer:
         groups = [{"params": head, "lr": config.readout_lr, "name": "readout"}]
         if trainable:
             groups.insert(0, {"params": trainable, "lr": config.lr, "name": "backbone"})
-        self.optimizer = torch.optim.Adam(groups, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         self.loss_weights = torch.as_tensor(self.weights[self.outputs], device=self.device)
         self.history: list[dict] = []
         self.baseline: dict | None = None
@@ -233,20 +233,22 @@ class Trainer:
         train_stories = {s: self.story_trs[s] for s in self.split.train}
         blocks = epoch_blocks(train_stories, self.config.block_trs, self.config.seed, epoch)
         losses = []
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
         for i, (story, start, stop) in enumerate(blocks):
-            inp = self.story_input(story)
-            with autocast:
-                pred = self.model(inp, start, stop)
-            loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.item())
+            losses.append(self.train_step(self.story_input(story), start, stop))
             if (i + 1) % max(1, len(blocks) // 4) == 0:
                 self.progress(f"epoch {epoch} step {i + 1}/{len(blocks)} loss {np.mean(losses[-10:]):.4f}")
         self.model.eval()
         return float(np.mean(losses)) if losses else float("nan")
+
+    def train_step(self, inp, start: int, stop: int) -> float:
+        """One optimiser step on TRs ``start:stop`` of a prepared story; returns the loss."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            pred = self.model(inp, start, stop)
+        loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
 
     def _end_epoch(self, epoch: int, *, train_loss: float, val: dict, seconds: float) -> None:
         record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(seconds, 2)}

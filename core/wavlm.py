@@ -21,7 +21,8 @@ from transformers import WavLMConfig, WavLMModel
 from .errors import ConfigError
 
 
-def load_wavlm(model: str, *, layerdrop: float = 0.0, dtype: torch.dtype = torch.float32) -> WavLMModel:
+def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
+               dtype: torch.dtype = torch.float32) -> WavLMModel:
     """Load a WavLM checkpoint (local folder or hub id) with its CNN frozen.
 
     Parameters
@@ -31,9 +32,13 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dtype: torch.dtype = torch
     layerdrop : float
         Set explicitly: the checkpoints ship 0.1, which skips layers at random in training.
         (Our :func:`encode` never drops layers; this only keeps the config honest.)
+    dropout : float
+        The model's own dropout (attention, hidden, activation, feature projection) in
+        training mode; checkpoints ship 0.1. In eval mode there is none either way.
     """
+    rates = dict.fromkeys(("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout"), dropout)
     try:
-        net = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, dtype=dtype)
+        net = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, dtype=dtype, **rates)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
     net.feature_extractor._freeze_parameters()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
 from core.cli import quiet_libraries
 from core.synth import SIZES, generate
+
+# A smaller planted-teacher dataset for tests that train: 2 training stories of 30 TRs.
+SMALL = replace(SIZES["tiny"], n_train_stories=2, train_trs=30, val_trs=20, test_trs=25, n_voxels=40)
 
 quiet_libraries()
 torch.set_num_threads(2)
@@ -26,3 +30,9 @@ def feature_cache(tmp_path_factory):
 def tiny_data(tmp_path_factory):
     """The tiny planted-teacher dataset (see core.synth); treat it as read-only."""
     return generate(tmp_path_factory.mktemp("data") / "tiny", SIZES["tiny"], progress=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """:data:`SMALL`, the planted-teacher dataset for training tests; read-only."""
+    return generate(tmp_path_factory.mktemp("data") / "small", SMALL, progress=lambda message: None)

@@ -72,7 +72,7 @@ def test_readout_layers_set_readout_layer():
     ("roi_weights", {"AC": "heavy"}),
     ("readout_init", "zeros"), ("seed", -1),
     ("delays", []), ("delays", [-1, 1]), ("delays", [1, 1]),
-    ("context", 0), ("chunk", -0.25), ("stride", 0), ("layerdrop", 1),
+    ("context", 0), ("chunk", -0.25), ("stride", 0), ("layerdrop", 1), ("dropout", 1),
     ("precision", "fp16"), ("device", "gpu"), ("device", "cuda:x"), ("cnn_cache", "maybe"),
     ("batch_windows", 0), ("test_stories", []), ("val_stories", ["a", "a"]),
     ("ridge_backend", "jax"), ("norm_momentum", 0), ("norm_momentum", 1.5),

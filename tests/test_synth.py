@@ -17,7 +17,7 @@ from core.evaluation import ridge_evaluation
 from core.extract import FrozenFeatures
 from core.wavlm import cnn_features, encode
 
-SMALL = replace(synth.SIZES["tiny"], n_train_stories=2, train_trs=30, val_trs=20, test_trs=25, n_voxels=40)
+from conftest import SMALL
 
 
 def test_layout_is_read_by_the_dataset_loader(tiny_data):

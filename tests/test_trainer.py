@@ -1,0 +1,130 @@
+"""The model and the trainer: consistency of the training and evaluation paths, exact resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from core import train
+from core.cli import run
+from core.config import TrainConfig
+from core.dataset import Dataset
+from core.model import Readout, adapt
+from core.trainer import Trainer, epoch_blocks
+from core.wavlm import load_wavlm
+
+FAST = dict(readout_layer=3, lora_layers=[3], epochs=2, lr=3e-3, readout_lr=1e-3, bottleneck=16, device="cpu")
+
+
+def test_readout_reproduces_a_linear_map():
+    gen = torch.Generator().manual_seed(0)
+    low_rank = (torch.randn(12, 3, generator=gen) @ torch.randn(3, 7, generator=gen)).numpy()
+    bias = np.arange(7, dtype=np.float32)
+    x = torch.randn(5, 12, generator=gen)
+    for bottleneck in (0, 3, 5):
+        readout = Readout(12, 7, bottleneck)
+        readout.set_linear(low_rank, bias)
+        np.testing.assert_allclose(readout(x).detach().numpy(), x.numpy() @ low_rank + bias, atol=1e-4)
+
+
+def test_adapt_trains_only_what_it_should(small_data):
+    model = load_wavlm(str(small_data / "pretrained"))
+    lora = adapt(model, [2, 3], ["q_proj", "v_proj"], rank=2, alpha=2.0, dropout=0.0)
+    assert len(lora) == 2 * 2 * 2  # layers x targets x (A, B)
+    model = load_wavlm(str(small_data / "pretrained"))
+    full = adapt(model, [3], ["q_proj"], rank=0, alpha=1.0, dropout=0.0)
+    assert sum(p.numel() for p in full) == sum(p.numel() for p in model.encoder.layers[2].parameters())
+
+
+def test_epoch_blocks_are_seeded_and_cover_every_story():
+    stories = {"a": 25, "b": 30, "c": 11}
+    blocks = epoch_blocks(stories, 10, seed=0, epoch=1)
+    assert blocks == epoch_blocks(stories, 10, seed=0, epoch=1)
+    covered = {s: sum(stop - start for t, start, stop in blocks if t == s) for s in stories}
+    assert covered == {"a": 25, "b": 30, "c": 10}  # c's last single TR is dropped
+    assert all(stop - start >= 2 for _, start, stop in blocks)
+
+
+def test_training_path_equals_evaluation_path(small_data, tmp_path):
+    """A block's prediction equals the same rows of the whole-story features (eval mode)."""
+    trainer = Trainer(TrainConfig(**FAST), Dataset(small_data), "UTS01", tmp_path)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    trainer.model.eval()
+    inp = trainer.story_input(trainer.split.train[0])
+    whole = trainer.model.readout(trainer.model.story_features(inp))
+    with torch.no_grad():
+        for start, stop in [(0, 10), (10, 20), (24, 30)]:
+            np.testing.assert_allclose(trainer.model(inp, start, stop).numpy(), whole[start:stop].numpy(), atol=1e-4)
+
+
+def _fit(data, out, interrupt_after=None, **changes):
+    def stop(metrics):
+        if metrics["epoch"] == interrupt_after:
+            raise KeyboardInterrupt
+
+    trainer = Trainer(TrainConfig(**{**FAST, **changes}), Dataset(data), "UTS01", out, on_epoch=stop)
+    return trainer.fit(), trainer
+
+
+def test_resume_gives_the_same_numbers(small_data, tmp_path):
+    full, _ = _fit(small_data, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(small_data, tmp_path / "resumed", interrupt_after=1)
+    resumed, trainer = _fit(small_data, tmp_path / "resumed")
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert [h["val_r"] for h in resumed["history"]] == [h["val_r"] for h in full["history"]]
+    assert [h["train_loss"] for h in resumed["history"][1:]] == [h["train_loss"] for h in full["history"][1:]]
+    assert resumed["tuned"] == full["tuned"] and resumed["tuned_readout"] == full["tuned_readout"]
+    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The checkpoint holds only what training changes, not the frozen backbone.
+    assert all("lora_" in k or k.startswith(("readout.", "norm.")) for k in a)
+
+
+def test_resume_refuses_other_settings(small_data, tmp_path):
+    _fit(small_data, tmp_path, epochs=1)
+    with pytest.raises(Exception, match="other settings"):
+        _fit(small_data, tmp_path, epochs=1, lr=1e-2)
+
+
+def test_train_command_writes_summary_and_voxel_results(small_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", str(small_data), "--subject", "UTS02", "--out", str(out)]
+    for key, value in {**FAST, "epochs": 1, "lora_layers": "[2,3]", "roi_weights": "{AC: 1, rest: 0.5}"}.items():
+        argv += ["--set", f"{key}={value}"]
+    assert run(train.main, argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for part in ("baseline", "tuned", "tuned_readout"):
+        assert set(summary[part]["roi_mean_r"]) == {"AC", "left", "right"}
+        assert 0 < summary[part]["mean_r"] < 1 and "ceiling_fraction" in summary[part]
+    assert summary["best_epoch"] in (0, 1)
+    assert summary["config"]["lora_layers"] == [2, 3] and summary["config"]["roi_weights"] == {"AC": 1.0, "rest": 0.5}
+    with h5py.File(out / "voxel_r.hf5") as f:
+        assert {"baseline_r", "tuned_r", "tuned_readout_r", "ceiling"} <= set(f)
+        assert f["tuned_r"].shape == (Dataset(small_data).n_voxels("UTS02"),)
+    assert TrainConfig.load(out / "config.yaml") == TrainConfig.from_dict(summary["config"])
+    assert "tuned" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("lora_layers=[4]", "above readout_layer"),
+    ("roi_weights={STG: 1}", "STG"),
+    ("block_trs=500", "block_trs"),
+    ("lora_rank=-1", "lora_rank"),
+    ("readout_layer=7", "readout_layer"),
+])
+def test_impossible_settings_get_one_line(setting, expected, small_data, tmp_path, capsys):
+    argv = ["--data", str(small_data), "--subject", "UTS01", "--out", str(tmp_path / "run"),
+            "--set", "readout_layer=3", "--set", setting]
+    assert run(train.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err
+    assert not (tmp_path / "run").exists()
