@@ -19,6 +19,11 @@ Checkpoints (``OUT/checkpoints/last.pt`` and ``best.pt``) hold only what changes
 trainable weights, normalisation statistics, optimiser state, RNG states, the epoch and
 the history. A run started again on the same ``OUT`` with the same configuration resumes
 from ``last.pt`` and gives the same numbers as an uninterrupted run (on CPU).
+
+Data parallelism: inside a ``torch.distributed`` process group (as Ray Train sets up),
+each worker takes every world-th block of the epoch's plan, gradients are averaged
+before each step, the normalisation statistics after each epoch; rank 0 writes the
+checkpoints. Evaluation runs on every worker (it is cheap next to training).
 """
 
 from __future__ import annotations
@@ -73,6 +78,22 @@ def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int)
     return blocks
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed process group, or (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 class Trainer:
     """Fine-tune WavLM on one subject's responses.
 
@@ -96,6 +117,7 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch
         self.device = resolve_device(config.device)
+        self.rank, self.world = _distributed()
         self.model_name = config.model or str(Path(dataset.root) / "pretrained")
 
         dataset.validate(subject)
@@ -232,11 +254,15 @@ class Trainer:
         self.model.train()
         train_stories = {s: self.story_trs[s] for s in self.split.train}
         blocks = epoch_blocks(train_stories, self.config.block_trs, self.config.seed, epoch)
+        # With several workers, each takes every world-th block; all take the same number of steps.
+        blocks = blocks[self.rank : len(blocks) - len(blocks) % self.world : self.world]
         losses = []
         for i, (story, start, stop) in enumerate(blocks):
             losses.append(self.train_step(self.story_input(story), start, stop))
             if (i + 1) % max(1, len(blocks) // 4) == 0:
                 self.progress(f"epoch {epoch} step {i + 1}/{len(blocks)} loss {np.mean(losses[-10:]):.4f}")
+        if self.world > 1:
+            self._average_buffers()
         self.model.eval()
         return float(np.mean(losses)) if losses else float("nan")
 
@@ -247,8 +273,29 @@ class Trainer:
         loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:
+            self._average_gradients()
         self.optimizer.step()
         return loss.item()
+
+    def _average_gradients(self) -> None:
+        """Data parallelism without wrapping the model: each worker ran its own block."""
+        import torch.distributed as dist
+
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def _average_buffers(self) -> None:
+        """Every worker updated the normalisation statistics on its own blocks; average them."""
+        import torch.distributed as dist
+
+        for buffer in (self.model.norm.mean, self.model.norm.var):
+            dist.all_reduce(buffer)
+            buffer /= self.world
 
     def _end_epoch(self, epoch: int, *, train_loss: float, val: dict, seconds: float) -> None:
         record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(seconds, 2)}
@@ -259,6 +306,7 @@ class Trainer:
             self.best = {"epoch": epoch, "val_r": val["val_r"]}
             self._save(self.out / "checkpoints" / "best.pt")
         self._save(self.out / "checkpoints" / "last.pt")
+        _barrier(self.world)
         self.progress(f"epoch {epoch}: val r {val['val_r']:.4f}" + (" (best)" if self.best["epoch"] == epoch else ""))
         if self.on_epoch is not None:
             self.on_epoch(dict(record, best_epoch=self.best["epoch"], best_val_r=self.best["val_r"]))
@@ -266,6 +314,8 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
 
     def _save(self, path: Path) -> None:
+        if self.rank != 0:
+            return
         state = {
             "version": CHECKPOINT_VERSION,
             "config": self.config.to_dict(),

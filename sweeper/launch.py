@@ -1,0 +1,240 @@
+"""Run a sweep: ``python -m sweeper.launch``.
+
+With no arguments it generates (or reuses) the tiny synthetic dataset, runs
+``search_spaces/demo.yaml`` on a local Ray instance, shows progress, and ends with a table
+per subject (best configuration, baseline vs tuned r per ROI) and the command that opens
+the MLflow UI.
+
+    python -m sweeper.launch [--config FILE] [--data DIR] [--subjects S ...] [--num-samples N]
+                             [--address ADDR] [--storage DIR] [--tracking-uri URI]
+                             [--resume] [--dry-run]
+
+A bad search-space file or a missing dataset is reported in one line, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from core.cli import progress, quiet_libraries, run
+from core.errors import ConfigError, DataError
+
+from .space import SweepSpec, load_spec
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+
+
+def resolve_data(data: str, root: Path = Path("data")) -> Path:
+    """A dataset folder, or ``synthetic:<size>``: made under ``data/`` on first use, then reused."""
+    if data.startswith("synthetic:"):
+        from core.synth import SIZES, generate
+
+        size = data.split(":", 1)[1]
+        if size not in SIZES:
+            raise ConfigError(f"data: unknown synthetic size {size!r} (known: {', '.join(SIZES)})")
+        return generate(root / f"synthetic-{size}", SIZES[size], progress=progress).resolve()
+    path = Path(data).expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"{path}: dataset folder not found (pass --data or set data: in the search space)")
+    return path
+
+
+def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int = 32) -> None:
+    """Sample configurations of the space and check each against the model and the subjects' data.
+
+    Catches impossible combinations (e.g. a LoRA layer above the read-out layer, an ROI a
+    subject lacks) before any trial starts.
+    """
+    import optuna
+    from transformers import AutoConfig
+
+    from core.dataset import Dataset
+
+    from .space import SearchSpace, train_config
+
+    dataset = Dataset(data)
+    model = spec.fixed.get("model") or str(data / "pretrained")
+    try:
+        n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    info = {}
+    for subject in subjects:
+        dataset.validate(subject)
+        info[subject] = (list(dataset.roi_masks(subject)), {s: dataset.n_trs(subject, s) for s in dataset.stories(subject)})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
+    space = SearchSpace(spec)
+    for _ in range(samples if spec.params else 1):
+        trial = study.ask()
+        config = train_config(spec.fixed, space(trial)["settings"])
+        for subject, (rois, trs) in info.items():
+            try:
+                config.check_against(n_layers=n_layers, roi_names=rois, story_trs=trs)
+            except ConfigError as err:
+                raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}: {err}") from None
+        study.tell(trial, 0.0)
+
+
+def print_plan(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, tracking_uri: str) -> None:
+    lines = [
+        f"sweep {spec.name} ({spec.source})",
+        f"  data       {data}",
+        f"  subjects   {', '.join(subjects)}",
+        f"  trials     {spec.trials} per subject, {spec.concurrency} at a time per subject",
+        f"  objective  {', '.join(f'{m} ({d})' for m, d in zip(spec.objective.metrics, spec.objective.modes))}",
+        f"  scheduler  {'ASHA ' + str(spec.scheduler) if spec.scheduler else 'none'}",
+        f"  resources  {spec.workers} worker(s) x {spec.cpus_per_worker:g} CPU, {spec.gpus_per_worker:g} GPU per trial",
+        f"  storage    {storage}",
+        f"  tracking   {tracking_uri}",
+        "  fixed      " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "(defaults)"),
+    ]
+    for p in spec.params:
+        cond = f" when {p.when}" if p.when else ""
+        lines.append(f"  search     {p.name}: {p.kind} {p.values}{cond}")
+    print("\n".join(lines))
+
+
+def tracking_target(args, storage: Path) -> tuple[str, str | None]:
+    """Tracking URI (flag, then MLFLOW_TRACKING_URI, then SQLite in the sweep folder) and artifact location."""
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage / 'mlflow.db'}"
+    artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return uri, artifacts
+
+
+def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, tracking_uri: str,
+                artifact_location: str | None, resume: bool):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from .progress import ProgressPrinter
+    from .search import SubjectScheduler, SubjectSearcher
+    from .tracking import MLflowTracker
+    from .trial import TrialPlan, run_trial
+
+    plan = TrialPlan(data=str(data), fixed=spec.fixed, storage=str(storage), workers=spec.workers,
+                     cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker)
+    if spec.workers > 1:
+        # The Train workers hold the resources; the trial's own process only waits for them.
+        resources = {"CPU": 0}
+    else:
+        resources = {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), resources)
+    tune_dir = storage / "tune"
+    if resume:
+        if not tune.Tuner.can_restore(str(tune_dir / spec.name)):
+            raise ConfigError(f"{tune_dir / spec.name}: no sweep to resume here")
+        return tune.Tuner.restore(str(tune_dir / spec.name), trainable, resume_unfinished=True, resume_errored=True)
+
+    epochs = int(spec.fixed.get("epochs", 20))
+    searcher = ConcurrencyLimiter(SubjectSearcher(spec, subjects), max_concurrent=spec.concurrency * len(subjects))
+    single = not spec.objective.multi
+    tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=spec.as_dict(), subjects=subjects,
+                            trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            # One report per epoch (0..epochs) plus the final one.
+            scheduler=SubjectScheduler(spec, subjects, max_t=epochs + 2) if spec.scheduler else None,
+            metric=spec.objective.metrics[0] if single else None,
+            mode=spec.objective.modes[0] if single else None,
+            num_samples=spec.trials * len(subjects),
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(tune_dir), verbose=0,
+            callbacks=[tracker, ProgressPrinter(spec.trials * len(subjects))],
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )
+
+
+def summarize(results, spec: SweepSpec, subjects: list[str]) -> str:
+    """Per subject: the best trial's searched settings, and baseline vs tuned r per ROI."""
+    metric, mode = spec.objective.metrics[0], spec.objective.modes[0]
+    lines = []
+    for subject in subjects:
+        done = [r for r in results if r.config and r.config.get("subject") == subject and r.metrics
+                and r.metrics.get("done_training") == 1]
+        if not done:
+            lines.append(f"{subject}: no trial finished")
+            continue
+        best = (max if mode == "max" else min)(done, key=lambda r: r.metrics.get(metric, float("-inf")))
+        m = best.metrics
+        settings = ", ".join(f"{k}={v}" for k, v in best.config["settings"].items())
+        lines.append(f"{subject}: best trial {m.get('trial_id', '')} ({metric} {m[metric]:.3f}; {len(done)} finished): {settings}")
+        rois = ["all"] + sorted(k.split(".", 1)[1] for k in m if k.startswith("test_r.") )
+        lines.append(f"  {'':<10}" + "".join(f"{r:>9}" for r in rois))
+        for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r")):
+            values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
+            lines.append(f"  {label:<10}" + "".join(f"{v:>9.3f}" for v in values))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeper.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space file (default: search_spaces/demo.yaml)")
+    parser.add_argument("--data", help="dataset folder (overrides the file's data:)")
+    parser.add_argument("--subjects", nargs="+", help="subjects to sweep (overrides the file's subjects:)")
+    parser.add_argument("--num-samples", type=int, help="trials per subject (overrides budget.trials)")
+    parser.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: start Ray here")
+    parser.add_argument("--storage", help="sweep folder: trials, checkpoints, Tune state (default: runs/<name>)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or SQLite in the sweep folder)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --storage")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.config)
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
+        spec = replace(spec, trials=args.num_samples)
+    data = resolve_data(args.data or spec.data)
+    from core.dataset import Dataset
+
+    available = Dataset(data).subjects
+    subjects = args.subjects or (available if spec.subjects == "all" else spec.subjects)
+    missing = [s for s in subjects if s not in available]
+    if missing:
+        raise DataError(f"{data}: no subject {', '.join(missing)} (available: {', '.join(available)})")
+    storage = Path(args.storage or Path("runs") / spec.name).resolve()
+    tracking_uri, artifact_location = tracking_target(args, storage)
+    check_trials(spec, data, subjects)
+    print_plan(spec, data, subjects, storage, tracking_uri)
+    if args.dry_run:
+        return 0
+
+    import ray
+
+    storage.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        # The dashboard stays on (bound to loopback): with Ray 2.60 it is what releases a
+        # stopped trial's Train placement group (BRIEF section 5).
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    try:
+        tuner = build_tuner(spec, data, subjects, storage, tracking_uri, artifact_location, args.resume)
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    print()
+    print(summarize(results, spec, subjects))
+    if tracking_uri.startswith("sqlite:"):
+        ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000)"
+    else:
+        ui = f"open {tracking_uri} (experiment {spec.name})"
+    print(f"\nfinished in {time.time() - started:.0f} s. MLflow UI: {ui}")
+    errors = results.errors
+    return 1 if errors and len(errors) == len(results) else 0
+
+
+if __name__ == "__main__":
+    quiet_libraries()
+    sys.exit(run(main))

@@ -1,0 +1,173 @@
+"""One Tune trial: a run of the core trainer, in-process or as a Ray Train ``TorchTrainer``.
+
+Every report carries the objective metrics (``best_val_r``, ``best_val_r.<ROI>``: the
+validation r of the best epoch so far), so Optuna and ASHA always find them:
+
+- per epoch: ``epoch``, ``train_loss``, ``val_r``, ``val_r.<ROI>``, ``epoch_seconds``,
+  ``best_epoch``, ``best_val_r``, ``best_val_r.<ROI>``;
+- at the end: ``test_r`` (ridge refit on the tuned features, the paper's protocol),
+  ``test_readout_r`` (the model's own readout), ``baseline_r`` (epoch 0 ridge), each also
+  per ROI (``test_r.AC``) with ``*_ceiling_fraction`` where known, ``gain_r``
+  (test_r - baseline_r), ``loop_seconds`` (time inside the training loop) and
+  ``done_training: 1``.
+
+A one-worker trial runs the trainer in the trial's own process (no Train start-up); more
+workers run it data-parallel under Ray Train (gloo on CPU, nccl on GPU). The trial's
+folder (``<storage>/trials/<subject>/<trial_id>``) holds its checkpoints, so a retried or
+resumed trial continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import TrainConfig
+from core.dataset import Dataset
+from core.train import write_results
+from core.trainer import Trainer
+
+from .space import train_config
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a sweep shares (passed with ``tune.with_parameters``)."""
+
+    data: str
+    fixed: dict
+    storage: str
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def trial_dir(self, subject: str, trial_id: str) -> Path:
+        return Path(self.storage) / "trials" / subject / trial_id
+
+
+def _flat(prefix: str, summary: dict) -> dict:
+    """``{mean_r, roi_mean_r, ceiling_fraction}`` -> ``{prefix: .., prefix.ROI: .., prefix_ceiling_fraction: ..}``."""
+    out = {prefix: summary["mean_r"]}
+    out.update({f"{prefix}.{roi}": v for roi, v in summary["roi_mean_r"].items()})
+    if "ceiling_fraction" in summary:
+        out[f"{prefix}_ceiling_fraction"] = summary["ceiling_fraction"]
+    return out
+
+
+def _finite(metrics: dict) -> dict:
+    """Tune and Optuna choke on None; NaN stays NaN (a float)."""
+    return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+
+
+class EpochReports:
+    """Turns the trainer's per-epoch records into flat Tune results with best-so-far values."""
+
+    def __init__(self):
+        self.by_epoch: dict[int, dict] = {}
+
+    def epoch(self, record: dict) -> dict:
+        flat = {"epoch": record["epoch"], "train_loss": record["train_loss"], "val_r": record["val_r"],
+                "epoch_seconds": record["seconds"], "best_epoch": record["best_epoch"]}
+        flat.update({f"val_r.{roi}": v for roi, v in record["val_roi_r"].items()})
+        self.by_epoch[record["epoch"]] = flat
+        return _finite({**flat, **self.best(record["best_epoch"], record["best_val_r"])})
+
+    def best(self, best_epoch: int, best_val_r: float) -> dict:
+        at_best = self.by_epoch.get(best_epoch, {})
+        out = {"best_val_r": best_val_r}
+        out.update({f"best_{k}": v for k, v in at_best.items() if k.startswith("val_r.")})
+        return out
+
+
+def final_metrics(summary: dict, loop_seconds: float) -> dict:
+    """The end-of-trial result (see the module docstring)."""
+    metrics = {"epoch": summary["history"][-1]["epoch"], "best_epoch": summary["best_epoch"],
+               "best_val_r": summary["best_val_r"], "loop_seconds": loop_seconds, "done_training": 1}
+    best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+    metrics.update({f"best_val_r.{roi}": v for roi, v in best["val_roi_r"].items()})
+    metrics.update(_flat("test_r", summary["tuned"]))
+    metrics.update(_flat("test_readout_r", summary["tuned_readout"]))
+    metrics.update(_flat("baseline_r", summary["baseline"]))
+    metrics["gain_r"] = summary["tuned"]["mean_r"] - summary["baseline"]["mean_r"]
+    return _finite(metrics)
+
+
+def train(config: TrainConfig, data: str, subject: str, out: Path, report) -> tuple[dict, float]:
+    """Run (or resume) the trainer; the first worker writes results and figures. Returns (summary, loop seconds)."""
+    reports = EpochReports()
+    trainer = Trainer(config, Dataset(data), subject, out, on_epoch=lambda record: report(reports.epoch(record)))
+    started = time.perf_counter()
+    summary = trainer.fit()
+    seconds = time.perf_counter() - started
+    if trainer.rank == 0:
+        write_results(out, trainer, summary)
+        _figures(out, trainer, summary)
+    return summary, seconds
+
+
+def _figures(out: Path, trainer: Trainer, summary: dict) -> None:
+    from . import plots
+
+    def rois(s):
+        return {"all": s["mean_r"], **s["roi_mean_r"]}
+
+    title = f"{summary['subject']}: best epoch {summary['best_epoch']}"
+    plots.roi_bar_chart(out / "roi_r.png", rois(summary["baseline"]), rois(summary["tuned"]), title)
+    plots.voxel_r_histogram(out / "voxel_r_hist.png", trainer.results["baseline"].r, trainer.results["tuned"].r, title)
+
+
+def run_trial(config: dict, plan: TrialPlan) -> None:
+    """Tune function trainable; ``config`` is ``{"subject": ..., "settings": {...}}`` from the searcher."""
+    import torch
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    subject = config["subject"]
+    train_cfg = train_config(plan.fixed, config["settings"])
+    out = plan.trial_dir(subject, trial_id)
+    if plan.workers <= 1:
+        torch.set_num_threads(max(1, math.floor(plan.cpus_per_worker)))
+        summary, seconds = train(train_cfg, plan.data, subject, out, tune.report)
+    else:
+        summary, seconds = _run_distributed(train_cfg, plan, subject, out, trial_id)
+    tune.report(final_metrics(summary, seconds))
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """Ray Train worker: the same trainer, one shard of the blocks per worker."""
+    import ray.train
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(loop_config["cpus"])))
+    config = TrainConfig.from_dict(loop_config["config"])
+    if ray.train.get_context().get_world_size() > 1 and config.device == "auto" and torch.cuda.is_available():
+        config = config.replace(device=f"cuda:{ray.train.get_context().get_local_rank()}")
+    summary, seconds = train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report)
+    if ray.train.get_context().get_world_rank() == 0:
+        (Path(loop_config["out"]) / "loop_seconds.json").write_text(json.dumps({"loop_seconds": seconds}))
+
+
+def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Path, trial_id: str):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = plan.gpus_per_worker > 0
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config.to_dict(), "data": plan.data, "subject": subject, "out": str(out),
+                           "cpus": plan.cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": plan.cpus_per_worker,
+                                                           **({"GPU": plan.gpus_per_worker} if use_gpu else {})}),
+        # A fixed name per trial: a retried trial finds its own Train run again.
+        run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(plan.storage).resolve() / "train"),
+                             callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+    summary = json.loads((out / "summary.json").read_text())
+    seconds = json.loads((out / "loop_seconds.json").read_text())["loop_seconds"]
+    return summary, seconds

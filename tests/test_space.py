@@ -1,0 +1,111 @@
+"""Search-space files: the shipped ones are valid; bad ones get messages naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from core.cli import run
+from sweeper.launch import main as launch_main
+from sweeper.space import SearchSpace, SpaceError, load_spec, optuna_point, parse_spec, train_config
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+GOOD = {"data": "synthetic:tiny", "fixed": {"readout_layer": 3}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+
+
+@pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_are_valid_and_sample_valid_configs(path):
+    spec = load_spec(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        config = train_config(spec.fixed, SearchSpace(spec)(trial)["settings"])
+        assert all(layer <= config.readout_layer for layer in config.lora_layer_list())
+        study.tell(trial, 0.0)
+    for point in spec.points_to_evaluate:
+        assert set(optuna_point(spec, point)) <= {p.name for p in spec.params} | {"lora_depth"}
+
+
+def test_top_layers_end_at_the_readout_layer():
+    spec = load_spec(SPACES / "demo.yaml")
+    seen = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(30):
+        trial = study.ask()
+        layers = tuple(SearchSpace(spec)(trial)["settings"]["lora_layers"])
+        assert layers[-1] == 3 and list(layers) == list(range(layers[0], 4))
+        seen.add(layers)
+        study.tell(trial, 0.0)
+    assert seen == {(3,), (2, 3), (1, 2, 3)}
+
+
+def test_conditional_setting_follows_its_condition():
+    spec = load_spec_from({**GOOD, "search": {"loss": {"choice": ["spatial", "mse"]},
+                                              "roi_weights.AC": {"uniform": [0.5, 2], "when": {"loss": "spatial"}}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(20):
+        trial = study.ask()
+        settings = SearchSpace(spec)(trial)["settings"]
+        assert ("roi_weights.AC" in settings) == (settings["loss"] == "spatial")
+        config = train_config(spec.fixed, settings)
+        assert ("AC" in config.roi_weights) == (config.loss == "spatial")
+        study.tell(trial, 0.0)
+
+
+def load_spec_from(raw):
+    return parse_spec(raw, "bad.yaml")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"serach": {}}, "bad.yaml: serach: unknown key; did you mean 'search'?"),
+    ({"data": None}, "bad.yaml: data: missing"),
+    ({"search": {"lr": {"logunifrom": [1e-4, 1e-2]}}}, "search.lr: unknown kind 'logunifrom'; did you mean 'loguniform'?"),
+    ({"search": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}}, "search.learning_rate: not a setting"),
+    ({"search": {"lr": {"loguniform": [0, 1e-2]}}}, "search.lr: loguniform needs low > 0"),
+    ({"search": {"lr": {"uniform": [1e-2, 1e-4]}}}, "search.lr: low 0.01 is above high 0.0001"),
+    ({"search": {"lora_rank": {"choice": []}}}, "search.lora_rank: choice needs a non-empty list"),
+    ({"search": {"lora_rank": {"top_layers": [1, 3]}}}, "search.lora_rank: top_layers is for lora_layers"),
+    ({"fixed": {"lora_rnak": 4}}, "unknown setting 'lora_rnak'; did you mean 'lora_rank'?"),
+    ({"fixed": {"lr": -1}}, "lr"),
+    ({"objective": {"metric": "accuracy"}}, "objective.metric: expected best_val_r"),
+    ({"objective": [{"metric": "best_val_r"}, {"metric": "best_val_r.AC"}], "scheduler": {"asha": {}}},
+     "scheduler: ASHA stops trials on one metric"),
+    ({"scheduler": {"hyperband": {}}}, "scheduler: expected none or {asha"),
+    ({"budget": {"trials": 0}}, "budget.trials: expected a positive integer"),
+    ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: workers, cpus_per_worker, gpus_per_worker)"),
+    ({"points_to_evaluate": [{"lora_rank": 4}]}, "points_to_evaluate[0].lora_rank: not a searched setting"),
+    ({"search": {"roi_weights.AC": {"uniform": [0, 1], "when": {"los": "mse"}}}}, "when: unknown setting 'los'"),
+])
+def test_bad_files_get_their_messages(change, expected):
+    with pytest.raises(SpaceError) as err:
+        load_spec_from({**GOOD, **change})
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_launch_reports_a_bad_file_in_one_line_before_ray_starts(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**GOOD, "search": {"lr": {"logunifrom": [1e-4, 1e-2]}}}))
+    assert run(launch_main, ["--config", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: search.lr") and "\n" not in err
+    (tmp_path / "broken.yaml").write_text("search: [unclosed")
+    assert run(launch_main, ["--config", str(tmp_path / "broken.yaml"), "--dry-run"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_launch_checks_data_and_sampled_trials_before_ray(tiny_data, tmp_path, capsys):
+    assert run(launch_main, ["--data", str(tmp_path / "nothing"), "--dry-run"]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert run(launch_main, ["--data", str(tiny_data), "--subjects", "UTS07", "--dry-run"]) == 2
+    assert "no subject UTS07" in capsys.readouterr().err
+    impossible = tmp_path / "impossible.yaml"
+    impossible.write_text(yaml.safe_dump({"data": str(tiny_data), "fixed": {"readout_layer": 2},
+                                          "search": {"lora_layers": {"choice": [[2], [3]]}}}))
+    assert run(launch_main, ["--config", str(impossible), "--dry-run"]) == 2
+    assert "above readout_layer" in capsys.readouterr().err
+    assert run(launch_main, ["--data", str(tiny_data), "--dry-run"]) == 0
+    assert "lora_layers: top_layers" in capsys.readouterr().out

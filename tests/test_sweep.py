@@ -1,0 +1,129 @@
+"""Sweeps end to end on a real local Ray instance and a real MLflow store (checked through MLflow)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+FIXED = {"readout_layer": 3, "epochs": 2, "block_trs": 15, "bottleneck": 8, "lora_alpha": 16, "readout_lr": 1e-3,
+         "device": "cpu"}
+
+
+def _space(tmp_path, data, **changes) -> Path:
+    raw = {"name": "t", "data": str(data), "subjects": "all", "fixed": dict(FIXED),
+           "search": {"lora_rank": {"choice": [1, 2]}, "lr": {"loguniform": [1e-3, 1e-2]},
+                      "lora_layers": {"top_layers": [1, 2]}},
+           "objective": {"metric": "best_val_r", "mode": "max"}, "scheduler": "none",
+           "budget": {"trials": 2, "concurrency": 1}, "resources": {"workers": 1, "cpus_per_worker": 1}, "seed": 0}
+    raw.update(changes)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _launch(args, log: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "sweeper.launch", *args], cwd=REPO, stdout=f,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True, **kw)
+
+
+def _runs(storage: Path):
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_sweep_records_parent_and_child_runs_in_mlflow(small_data, tmp_path):
+    storage = tmp_path / "sweep"
+    log = tmp_path / "log"
+    proc = _launch(["--config", str(_space(tmp_path, small_data)), "--storage", str(storage)], log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "UTS01: best trial" in out and "UTS02: best trial" in out and "mlflow ui --backend-store-uri" in out
+    client, runs = _runs(storage)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["subject"] for r in parents) == ["UTS01", "UTS02"]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+        params = child.data.params
+        assert {"lora_rank", "lora_layers", "lr", "readout_layer", "subject"} <= set(params)
+        metrics = child.data.metrics
+        assert {"test_r", "baseline_r", "test_r.AC", "baseline_r.AC", "best_val_r"} <= set(metrics)
+        history = client.get_metric_history(child.info.run_id, "val_r")
+        assert sorted(m.step for m in history) == [0, 1, 2]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"voxel_r.hf5", "summary.json", "config.yaml", "roi_r.png", "voxel_r_hist.png"} <= artifacts
+    for parent in parents:
+        best = [c for c in children if c.data.tags.get("best_trial") == "true"
+                and c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert len(best) == 1
+
+
+def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data, tmp_path):
+    """Two-worker Train trials, ASHA stopping some: every stopped trial must release its workers."""
+    storage = tmp_path / "sweep"
+    log = tmp_path / "log"
+    space = _space(tmp_path, small_data, subjects=["UTS01"], scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}},
+                   budget={"trials": 4, "concurrency": 2}, resources={"workers": 2, "cpus_per_worker": 0.5},
+                   fixed={**FIXED, "epochs": 3})
+    proc = _launch(["--config", str(space), "--storage", str(storage)], log)
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert out.count("done:") == 4
+    _, runs = _runs(storage)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_resume_after_killing_the_driver_reruns_nothing_finished(small_data, tmp_path):
+    storage = tmp_path / "sweep"
+    log = tmp_path / "log"
+    space = _space(tmp_path, small_data, subjects=["UTS01"], budget={"trials": 3, "concurrency": 1})
+    proc = _launch(["--config", str(space), "--storage", str(storage)], log)
+    deadline = time.time() + 600
+    while "done:" not in log.read_text():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime for p in storage.glob("trials/UTS01/*/summary.json")}
+    assert len(finished) >= 1
+    resumed = _launch(["--config", str(space), "--storage", str(storage), "--resume"], log)
+    assert resumed.wait(timeout=600) == 0, log.read_text()[-3000:]
+    for trial, mtime in finished.items():
+        assert (storage / "trials/UTS01" / trial / "summary.json").stat().st_mtime == mtime
+    assert len(list(storage.glob("trials/UTS01/*/summary.json"))) == 3
+    _, runs = _runs(storage)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and len({r.data.tags["trial_id"] for r in children}) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
+    """Data-parallel (gloo, 2 Ray Train workers) vs in-process: same configuration, close numbers."""
+    results = {}
+    for workers in (1, 2):
+        storage = tmp_path / f"w{workers}"
+        space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
+                       resources={"workers": workers, "cpus_per_worker": 1}, fixed={**FIXED, "lr": 3e-3})
+        log = tmp_path / f"log{workers}"
+        proc = _launch(["--config", str(space), "--storage", str(storage)], log)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        _, runs = _runs(storage)
+        (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        results[workers] = child.data.metrics
+    assert results[1]["baseline_r"] == pytest.approx(results[2]["baseline_r"], abs=1e-6)
+    for metric in ("test_r", "test_r.AC", "best_val_r"):
+        assert results[1][metric] == pytest.approx(results[2][metric], abs=0.03), metric
