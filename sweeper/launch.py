@@ -120,8 +120,9 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     plan = TrialPlan(data=str(data), fixed=spec.fixed, storage=str(storage), workers=spec.workers,
                      cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker)
     if spec.workers > 1:
-        # The Train workers hold the resources; the trial's own process only waits for them.
-        resources = {"CPU": 0}
+        # The Train workers hold the resources; the trial's own process only waits for
+        # them (Tune refuses an empty request, hence a sliver of a CPU).
+        resources = {"CPU": 0.01}
     else:
         resources = {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), resources)
@@ -134,7 +135,11 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     epochs = int(spec.fixed.get("epochs", 20))
     searcher = ConcurrencyLimiter(SubjectSearcher(spec, subjects), max_concurrent=spec.concurrency * len(subjects))
     single = not spec.objective.multi
-    tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=spec.as_dict(), subjects=subjects,
+    record = spec.as_dict()
+    # The tracker ranks trials by the first objective; a Pareto sweep keeps both in "objectives".
+    record["objectives"] = [{"metric": m, "mode": d} for m, d in zip(spec.objective.metrics, spec.objective.modes)]
+    record["objective"] = record["objectives"][0]
+    tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=record, subjects=subjects,
                             trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id))
     return tune.Tuner(
         trainable,

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .space import SearchSpace, SweepSpec, optuna_point
+from .space import SearchSpace, SweepSpec, optuna_point, train_config
 
 
 def make_optuna(spec: SweepSpec, seed: int) -> OptunaSearch:
@@ -41,6 +41,7 @@ class SubjectSearcher(Searcher):
                          mode=objective.modes if objective.multi else objective.modes[0])
         self.subjects = list(subjects)
         self.budget = spec.trials
+        self.fixed = spec.fixed
         self.searchers = {s: make_optuna(spec, spec.seed + i) for i, s in enumerate(self.subjects)}
         self.owner: dict[str, str] = {}
 
@@ -57,7 +58,10 @@ class SubjectSearcher(Searcher):
         if suggestion is None:
             return None
         self.owner[trial_id] = subject
-        return {"subject": subject, "settings": suggestion["settings"]}
+        settings = suggestion["settings"]
+        # Human-readable flat parameters of the whole configuration, for MLflow.
+        params = {**train_config(self.fixed, settings).flat_params(), "subject": subject}
+        return {"subject": subject, "settings": settings, "params": params}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner:

@@ -103,9 +103,25 @@ def train(config: TrainConfig, data: str, subject: str, out: Path, report) -> tu
     summary = trainer.fit()
     seconds = time.perf_counter() - started
     if trainer.rank == 0:
-        write_results(out, trainer, summary)
+        (out / "loop_seconds.json").write_text(json.dumps({"loop_seconds": seconds}))
         _figures(out, trainer, summary)
+        # summary.json last: its presence means the trial is complete (see finished()).
+        write_results(out, trainer, summary)
     return summary, seconds
+
+
+def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
+    """The results of a trial that already completed with this configuration, if any.
+
+    A sweep resumed after its driver died can start again a trial whose results were
+    written but not yet recorded by Tune; it then reports them instead of recomputing.
+    """
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        seconds = json.loads((out / "loop_seconds.json").read_text())["loop_seconds"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return (summary, seconds) if summary.get("config") == config.to_dict() else None
 
 
 def _figures(out: Path, trainer: Trainer, summary: dict) -> None:
@@ -128,7 +144,10 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
     subject = config["subject"]
     train_cfg = train_config(plan.fixed, config["settings"])
     out = plan.trial_dir(subject, trial_id)
-    if plan.workers <= 1:
+    done = finished(train_cfg, out)
+    if done is not None:
+        summary, seconds = done
+    elif plan.workers <= 1:
         torch.set_num_threads(max(1, math.floor(plan.cpus_per_worker)))
         summary, seconds = train(train_cfg, plan.data, subject, out, tune.report)
     else:
@@ -145,9 +164,7 @@ def _worker_loop(loop_config: dict) -> None:
     config = TrainConfig.from_dict(loop_config["config"])
     if ray.train.get_context().get_world_size() > 1 and config.device == "auto" and torch.cuda.is_available():
         config = config.replace(device=f"cuda:{ray.train.get_context().get_local_rank()}")
-    summary, seconds = train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report)
-    if ray.train.get_context().get_world_rank() == 0:
-        (Path(loop_config["out"]) / "loop_seconds.json").write_text(json.dumps({"loop_seconds": seconds}))
+    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report)
 
 
 def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Path, trial_id: str):
