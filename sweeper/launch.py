@@ -100,6 +100,21 @@ def print_plan(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, 
     print("\n".join(lines))
 
 
+def check_capacity(spec: SweepSpec, local: bool) -> None:
+    """A trial that can never be placed would wait forever: say so (an error on a local instance)."""
+    import ray
+
+    need = {"CPU": spec.workers * spec.cpus_per_worker + (0.01 if spec.workers > 1 else 0),
+            "GPU": spec.workers * spec.gpus_per_worker}
+    have = ray.cluster_resources()
+    short = {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0) + 1e-9}
+    if short:
+        what = ", ".join(f"{v:g} {k} (the cluster has {h:g})" for k, (v, h) in short.items())
+        if local:
+            raise ConfigError(f"{spec.source}: resources: one trial needs {what}; lower workers or cpus/gpus_per_worker")
+        progress(f"warning: one trial needs {what}; trials wait until the autoscaler adds nodes")
+
+
 def tracking_target(args, storage: Path) -> tuple[str, str | None]:
     """Tracking URI (flag, then MLFLOW_TRACKING_URI, then SQLite in the sweep folder) and artifact location."""
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage / 'mlflow.db'}"
@@ -225,6 +240,7 @@ def main(argv=None) -> int:
         # stopped trial's Train placement group (BRIEF section 5).
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
+        check_capacity(spec, local=not args.address)
         tuner = build_tuner(spec, data, subjects, storage, tracking_uri, artifact_location, args.resume)
         results = tuner.fit()
     finally:

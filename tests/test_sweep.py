@@ -117,7 +117,7 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
     for workers in (1, 2):
         storage = tmp_path / f"w{workers}"
         space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
-                       resources={"workers": workers, "cpus_per_worker": 1}, fixed={**FIXED, "lr": 3e-3})
+                       resources={"workers": workers, "cpus_per_worker": 1 / workers}, fixed={**FIXED, "lr": 3e-3})
         log = tmp_path / f"log{workers}"
         proc = _launch(["--config", str(space), "--storage", str(storage)], log)
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
