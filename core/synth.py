@@ -88,7 +88,7 @@ class SynthSpec:
     high_layer: int = 3
     planted_layers: tuple[int, ...] = (3,)
     planted_rank: int = 2
-    planted_scale: float = 1.5
+    planted_scale: float = 4.0
     readout_rank: int = 8
     noise_sd: tuple[float, float] = (0.3, 0.8)
     fraction_ac: float = 0.25
