@@ -72,11 +72,16 @@ def test_sweep_records_parent_and_child_runs_in_mlflow(small_data, tmp_path):
 
 
 def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data, tmp_path):
-    """Two-worker Train trials, ASHA stopping some: every stopped trial must release its workers."""
+    """Two-worker Train trials, ASHA stopping some: every stopped trial must release its workers.
+
+    One trial at a time: on a 2-CPU machine a second 2-worker trial can never be placed
+    next to the first (2 x 1.01 CPUs), and the next trial only starts once the stopped
+    one has given its workers back.
+    """
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
     space = _space(tmp_path, small_data, subjects=["UTS01"], scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}},
-                   budget={"trials": 4, "concurrency": 2}, resources={"workers": 2, "cpus_per_worker": 0.5},
+                   budget={"trials": 4, "concurrency": 1}, resources={"workers": 2, "cpus_per_worker": 0.5},
                    fixed={**FIXED, "epochs": 3})
     proc = _launch(["--config", str(space), "--storage", str(storage)], log)
     assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
