@@ -37,6 +37,17 @@ def _launch(args, log: Path, **kw) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True, **kw)
 
 
+def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait for a launch; on a timeout kill its whole process group (Ray included) and show its log."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"launch still running after {timeout:.0f} s; its log ends:\n{log.read_text()[-6000:]}")
+    assert rc == 0, log.read_text()[-3000:]
+
+
 def _runs(storage: Path):
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("t")
@@ -47,7 +58,7 @@ def test_sweep_records_parent_and_child_runs_in_mlflow(small_data, tmp_path):
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
     proc = _launch(["--config", str(_space(tmp_path, small_data)), "--storage", str(storage)], log)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    _finish(proc, log, 600)
     out = log.read_text()
     assert "UTS01: best trial" in out and "UTS02: best trial" in out and "mlflow ui --backend-store-uri" in out
     client, runs = _runs(storage)
@@ -84,7 +95,7 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
                    budget={"trials": 4, "concurrency": 1}, resources={"workers": 2, "cpus_per_worker": 0.5},
                    fixed={**FIXED, "epochs": 3})
     proc = _launch(["--config", str(space), "--storage", str(storage)], log)
-    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    _finish(proc, log, 900)
     out = log.read_text()
     assert out.count("done:") == 4
     _, runs = _runs(storage)
@@ -106,7 +117,7 @@ def test_resume_after_killing_the_driver_reruns_nothing_finished(small_data, tmp
     finished = {p.parent.name: p.stat().st_mtime for p in storage.glob("trials/UTS01/*/summary.json")}
     assert len(finished) >= 1
     resumed = _launch(["--config", str(space), "--storage", str(storage), "--resume"], log)
-    assert resumed.wait(timeout=600) == 0, log.read_text()[-3000:]
+    _finish(resumed, log, 600)
     for trial, mtime in finished.items():
         assert (storage / "trials/UTS01" / trial / "summary.json").stat().st_mtime == mtime
     assert len(list(storage.glob("trials/UTS01/*/summary.json"))) == 3
@@ -125,7 +136,7 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
                        resources={"workers": workers, "cpus_per_worker": 1 / workers}, fixed={**FIXED, "lr": 3e-3})
         log = tmp_path / f"log{workers}"
         proc = _launch(["--config", str(space), "--storage", str(storage)], log)
-        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        _finish(proc, log, 600)
         _, runs = _runs(storage)
         (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
         results[workers] = child.data.metrics
