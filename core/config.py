@@ -26,7 +26,8 @@ lora_targets       [q_proj, k_proj, v_proj]       modules of each layer that get
                                                   q_proj, k_proj, v_proj, out_proj,
                                                   intermediate_dense, output_dense
 lr                 1.0e-4                         learning rate of the adapters (or of the
-                                                  fine-tuned layers)
+                                                  fine-tuned layers); 0 holds them fixed
+                                                  (only the readout trains: the control)
 readout_lr         1.0e-4                         learning rate of the readout
 weight_decay       0.0                            AdamW weight decay
 epochs             20                             passes over the training stories; 0 = the
@@ -305,7 +306,7 @@ class TrainConfig:
                 f"some of {', '.join(LORA_TARGETS)}")
         require(len(set(self.lora_targets)) == len(self.lora_targets), "lora_targets", "has repeats",
                 "each module at most once")
-        require(self.lr > 0, "lr", "is not positive", "a learning rate > 0")
+        require(self.lr >= 0, "lr", "is negative", "a learning rate >= 0; 0 holds the backbone at the pretrained weights")
         require(self.readout_lr > 0, "readout_lr", "is not positive", "a learning rate > 0")
         require(self.weight_decay >= 0, "weight_decay", "is negative", "a number >= 0")
         require(self.epochs >= 0, "epochs", "is negative", "an integer >= 0; 0 = the ridge readout only")

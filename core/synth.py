@@ -112,6 +112,10 @@ SIZES = {
         hidden_size=96, num_layers=6, num_heads=4, intermediate_size=192, conv_dim=48,
         low_layer=2, high_layer=5, planted_layers=(4, 5), planted_rank=2,
     ),
+    # The tiny model with 24 training stories of 100 TRs (2400 TRs, about a quarter of one
+    # ds003020 subject's): enough data for brain-tuning to find the planted change, which
+    # 420 TRs are not (docs/planted_recovery.md).
+    "recovery": SynthSpec(n_train_stories=24, train_trs=100),
 }
 
 

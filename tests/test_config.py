@@ -66,7 +66,7 @@ def test_readout_layers_set_readout_layer():
     ("lora_layers", "1,x"),
     ("lora_rank", -1), ("lora_alpha", 0), ("lora_dropout", 1.0), ("lora_dropout", -0.1),
     ("lora_targets", []), ("lora_targets", ["q_proj", "query"]), ("lora_targets", ["q_proj", "q_proj"]),
-    ("lr", 0), ("lr", "fast"), ("lr", float("nan")), ("readout_lr", -1e-3), ("weight_decay", -1),
+    ("lr", -1e-4), ("lr", "fast"), ("lr", float("nan")), ("readout_lr", -1e-3), ("weight_decay", -1),
     ("epochs", -1), ("block_trs", 0), ("bottleneck", -1), ("loss", "l1"),
     ("roi_weights", {"AC": -1}), ("roi_weights", {"AC": 0, "rest": 0}), ("roi_weights", [1]),
     ("roi_weights", {"AC": "heavy"}),
@@ -150,7 +150,7 @@ def test_replace_validates():
     config = TrainConfig()
     assert config.replace(lr=3e-4).lr == 3e-4
     assert config.lr == 1e-4
-    with pytest.raises(ConfigError, match="lr: is not positive"):
+    with pytest.raises(ConfigError, match="lr: is negative"):
         config.replace(lr=-1)
 
 
