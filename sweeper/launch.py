@@ -161,7 +161,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             # One report per epoch (0..epochs) plus the final one.
-            scheduler=SubjectScheduler(spec, subjects, max_t=epochs + 2) if spec.scheduler else None,
+            scheduler=SubjectScheduler(spec, subjects, epochs) if spec.scheduler else None,
             metric=spec.objective.metrics[0] if single else None,
             mode=spec.objective.modes[0] if single else None,
             num_samples=spec.trials * len(subjects),

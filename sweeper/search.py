@@ -85,13 +85,20 @@ class SubjectSearcher(Searcher):
 
 
 class SubjectScheduler(TrialScheduler):
-    """ASHA per subject: trials are stopped only by comparison with the same subject's trials."""
+    """ASHA per subject, in epochs: trials are compared only with the same subject's trials.
 
-    def __init__(self, spec: SweepSpec, subjects: list[str], max_t: int):
+    Rungs are at epochs ``grace_period * reduction_factor**k`` below the last epoch, so
+    epoch 0 (the frozen model, the same for every trial) is never a rung, and a trial that
+    has finished its last epoch is never stopped: its test evaluation, cheap next to its
+    training, always runs.
+    """
+
+    def __init__(self, spec: SweepSpec, subjects: list[str], epochs: int):
         super().__init__()
         asha = spec.scheduler
+        self.epochs = epochs
         self.by_subject = {
-            s: ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=asha["grace_period"],
+            s: ASHAScheduler(time_attr="epoch", max_t=max(1, epochs), grace_period=asha["grace_period"],
                              reduction_factor=asha["reduction_factor"])
             for s in subjects
         }
@@ -111,6 +118,8 @@ class SubjectScheduler(TrialScheduler):
         self._for(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
+        if result.get("epoch", 0) >= self.epochs:  # the last epoch or the final result
+            return TrialScheduler.CONTINUE
         return self._for(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):

@@ -15,7 +15,7 @@ A search-space file (``search_spaces/*.yaml``) reads like the study it describes
       lora_layers: {top_layers: [1, 3]}       # the k layers ending at readout_layer, k in [1, 3]
       roi_weights.AC: {uniform: [0.5, 4.0], when: {loss: spatial}}
     objective: {metric: best_val_r, mode: max}   # or a list of two: a Pareto front (NSGA-II)
-    scheduler: {asha: {grace_period: 2, reduction_factor: 2}}   # or: none
+    scheduler: {asha: {grace_period: 2, reduction_factor: 2}}   # rungs at epochs 2, 4, ... below the last; or: none
     budget: {trials: 4, concurrency: 2}          # per subject
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     points_to_evaluate:                          # known-good configurations, tried first
