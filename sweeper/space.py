@@ -299,10 +299,6 @@ def _encode(value):
     return value
 
 
-def _decode(value):
-    return json.loads(value) if isinstance(value, str) and value.startswith("{") else value
-
-
 class SearchSpace:
     """Optuna define-by-run space for one sweep (picklable, so the searcher can be saved).
 
@@ -327,7 +323,9 @@ class SearchSpace:
             elif p.kind == "int":
                 v = trial.suggest_int(p.name, p.values[0], p.values[1])
             elif p.kind == "choice":
-                v = _decode(trial.suggest_categorical(p.name, [_encode(c) for c in p.values]))
+                # Back to the file's own value (a list stays a list in the config and in MLflow).
+                encoded = trial.suggest_categorical(p.name, [_encode(c) for c in p.values])
+                v = copy.deepcopy(next(c for c in p.values if _encode(c) == encoded))
             else:
                 top = values.get("readout_layer", TrainConfig().readout_layer)
                 depth = trial.suggest_int("lora_depth", p.values[0], max(p.values[0], min(p.values[1], top)))

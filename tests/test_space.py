@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import optuna
@@ -53,6 +55,21 @@ def test_conditional_setting_follows_its_condition():
         config = train_config(spec.fixed, settings)
         assert ("AC" in config.roi_weights) == (config.loss == "spatial")
         study.tell(trial, 0.0)
+
+
+def test_list_and_mapping_choices_come_back_as_the_files_values():
+    choices = {"lora_layers": [[1], [2, 3]], "roi_weights": [{}, {"AC": 1.0, "rest": 0.25}]}
+    spec = load_spec_from({**GOOD, "search": {k: {"choice": v} for k, v in choices.items()}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {k: [] for k in choices}
+    for _ in range(12):
+        trial = study.ask()
+        settings = SearchSpace(spec)(trial)["settings"]
+        for name, value in settings.items():
+            assert value in choices[name] and type(value) is type(choices[name][0])
+            seen[name].append(value)
+        study.tell(trial, 0.0)
+    assert all(len({json.dumps(v) for v in values}) == 2 for values in seen.values())
 
 
 def load_spec_from(raw):
