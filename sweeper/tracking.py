@@ -10,10 +10,12 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
   ``test_*``/``baseline_*`` metrics and the tag ``best_trial_id``;
 - a child run per trial (tags ``mlflow.parentRunId``, ``trial_id``), named by the trial id:
   params ``trial.config["params"]`` as given, every numeric ``val_*``, ``train_*``,
-  ``test_*``, ``baseline_*``, ``tuned_*`` result per epoch, on completion the files of the
-  trial's output folder (:data:`TRIAL_ARTIFACTS` and ``*.png``), and the tags
-  ``stopped_early`` (true when the scheduler stopped it before its final report, which
-  carries ``done_training``) and ``best_trial`` (true on one child per subject).
+  ``test_*``, ``baseline_*``, ``tuned_*`` result per epoch, the tag ``node_id`` (the Ray
+  node of the latest result that names one: after a retry elsewhere, the new node), on
+  completion the files of the trial's output folder (:data:`TRIAL_ARTIFACTS` and
+  ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
+  its final report, which carries ``done_training``) and ``best_trial`` (true on one child
+  per subject).
 
 Runs are found by these tags before any is created, so a resumed sweep (same trial ids)
 continues its runs instead of duplicating them. No run is left RUNNING after the sweep:
@@ -194,8 +196,9 @@ class MLflowTracker(Callback):
     def _log_result(self, trial: Trial, result: dict, timestamp: int) -> None:
         step = int(result["epoch"] if "epoch" in result else result.get("training_iteration", 0))
         metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()]
-        if metrics:
-            self.client.log_batch(self._child(trial), metrics=metrics)
+        tags = [RunTag("node_id", result["node_id"])] if isinstance(result.get("node_id"), str) else []
+        if metrics or tags:
+            self.client.log_batch(self._child(trial), metrics=metrics, tags=tags)
 
     def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
         run_id = self._child(trial)

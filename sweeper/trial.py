@@ -4,7 +4,9 @@ Every report carries the objective metrics (``best_val_r``, ``best_val_r.<ROI>``
 validation r of the best epoch so far), so Optuna and ASHA always find them:
 
 - per epoch: ``epoch``, ``train_loss``, ``val_r``, ``val_r.<ROI>``, ``epoch_seconds``,
-  ``best_epoch``, ``best_val_r``, ``best_val_r.<ROI>``;
+  ``best_epoch``, ``best_val_r``, ``best_val_r.<ROI>``, and ``node_id``: the Ray node that
+  trains (the trial's process, or a Train trial's first worker), another one when a
+  retried trial goes on elsewhere;
 - at the end: ``test_r`` (ridge refit on the tuned features, the paper's protocol),
   ``test_readout_r`` (the model's own readout), ``baseline_r`` (epoch 0 ridge), each also
   per ROI (``test_r.AC``) with ``*_ceiling_fraction`` where known, ``gain_r``
@@ -98,7 +100,9 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
 def train(config: TrainConfig, data: str, subject: str, out: Path, report) -> tuple[dict, float]:
     """Run (or resume) the trainer; the first worker writes results and figures. Returns (summary, loop seconds)."""
     reports = EpochReports()
-    trainer = Trainer(config, Dataset(data), subject, out, on_epoch=lambda record: report(reports.epoch(record)))
+    node = _node_id()
+    trainer = Trainer(config, Dataset(data), subject, out,
+                      on_epoch=lambda record: report({**reports.epoch(record), "node_id": node}))
     started = time.perf_counter()
     summary = trainer.fit()
     seconds = time.perf_counter() - started
@@ -108,6 +112,12 @@ def train(config: TrainConfig, data: str, subject: str, out: Path, report) -> tu
         # summary.json last: its presence means the trial is complete (see finished()).
         write_results(out, trainer, summary)
     return summary, seconds
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:

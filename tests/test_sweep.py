@@ -95,15 +95,15 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
     space = _space(tmp_path, small_data, subjects=["UTS01"], scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}},
-                   budget={"trials": 4, "concurrency": 1}, resources={"workers": 2, "cpus_per_worker": 0.5},
-                   fixed={**FIXED, "epochs": 3})
+                   budget={"trials": 3, "concurrency": 1}, resources={"workers": 2, "cpus_per_worker": 0.5},
+                   fixed={**FIXED, "epochs": 2})
     proc = _launch(["--config", str(space), "--storage", str(storage)], log)
     _finish(proc, log, 900)
     out = log.read_text()
-    assert out.count("done:") == 4
+    assert out.count("done:") == 3 and "stopped early at epoch 1" in out
     _, runs = _runs(storage)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_resume_after_killing_the_driver_reruns_nothing_finished(small_data, tmp_path):
