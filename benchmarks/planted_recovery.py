@@ -31,17 +31,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
 
 from core.cli import quiet_libraries
 from core.dataset import Dataset
-from core.evaluation import ridge_evaluation
-from core.extract import FrozenFeatures
+from core.baseline import run_baseline
 from core.features import WindowSpec
 from core.synth import GROUPS, SIZES, generate
 
@@ -52,30 +49,14 @@ RUNS = {
 }
 
 
-def parse_assignments(items: list[str]) -> dict:
-    """``NAME=VALUE`` strings -> dict; VALUE is read as YAML (``3e-3``, ``[3]``, ``temporal``)."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: {item!r} is not NAME=VALUE")
-        out[name] = yaml.safe_load(value)
-    return out
-
-
 def reference(data: Path, subject: str, layer: int) -> dict:
-    """Ridge test r of the frozen and the teacher model's features, per voxel."""
+    """Ridge test r per voxel of the frozen and the teacher model's features (the core baseline)."""
     dataset = Dataset(data)
     truth = json.loads((data / "truth" / "truth.json").read_text())
     window = WindowSpec(**truth["spec"]["window"])
-    split = dataset.split(subject)
-    out = {}
-    for name, model in (("frozen", data / "pretrained"), ("teacher", data / truth["teacher"])):
-        features = FrozenFeatures(str(model), window, cache_dir=data / "cache")
-        result = ridge_evaluation(lambda s: features.tr_features(dataset, subject, s, layer), dataset, subject,
-                                  split.train, split.test)
-        out[name] = result.r
-    return out
+    return {name: run_baseline(dataset, subject, layer, str(model), spec=window, cache_dir=data / "cache",
+                               progress=lambda m: None)[0].r
+            for name, model in (("frozen", data / "pretrained"), ("teacher", data / truth["teacher"]))}
 
 
 def group_means(r: np.ndarray, group: np.ndarray) -> dict:
@@ -88,11 +69,11 @@ def group_means(r: np.ndarray, group: np.ndarray) -> dict:
     return out
 
 
-def train(data: Path, subject: str, out: Path, settings: dict, threads: int) -> tuple[dict, float]:
-    """One ``python -m core.train`` run; returns its per-voxel r arrays and its wall time."""
+def train(data: Path, subject: str, out: Path, overrides: list[str], threads: int) -> tuple[dict, float]:
+    """One ``python -m core.train --set ...`` run; returns its per-voxel r arrays and its wall time."""
     args = [sys.executable, "-m", "core.train", "--data", str(data), "--subject", subject, "--out", str(out)]
-    for name, value in settings.items():
-        args += ["--set", f"{name}={json.dumps(value)}"]
+    for item in overrides:
+        args += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.time()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -108,13 +89,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="a planted-teacher dataset (default: generate one under --out)")
     parser.add_argument("--size", default="recovery", choices=sorted(SIZES))
-    parser.add_argument("--synth", action="append", default=[], metavar="NAME=VALUE",
-                        help="change one SynthSpec field of the generated dataset (a YAML value)")
     parser.add_argument("--out", type=Path, default=Path("planted-recovery"))
     parser.add_argument("--subject", default="UTS01")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a training setting for every run (a YAML value), e.g. --set lr=3e-3")
+                        help="a training setting for every run, as core.train takes it, e.g. --set lr=3e-3")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = parser.parse_args(argv)
@@ -122,16 +101,16 @@ def main(argv=None) -> int:
 
     data = args.data
     if data is None:
-        spec = replace(SIZES[args.size], **parse_assignments(args.synth))
         data = args.out / "data"
         if not (data / "truth" / "truth.json").exists():
-            generate(data, spec, progress=lambda m: print(m, file=sys.stderr))
+            generate(data, SIZES[args.size], progress=lambda m: print(m, file=sys.stderr))
     truth = json.loads((data / "truth" / "truth.json").read_text())["spec"]
     with h5py.File(data / "truth" / f"{args.subject}.hf5") as f:
         group = f["group"][:]
     layer, planted = truth["high_layer"], truth["planted_layers"]
-    common = {"readout_layer": layer, "lora_layers": planted, "dropout": 0.0, "lora_dropout": 0.0,
-              **parse_assignments(args.set)}
+    common = [f"{k}={json.dumps(v)}" for k, v in
+              {"readout_layer": layer, "lora_layers": planted, "dropout": 0.0, "lora_dropout": 0.0}.items()]
+    common += args.set
 
     started = time.time()
     ref = {name: group_means(r, group) for name, r in reference(data, args.subject, layer).items()}
@@ -140,12 +119,13 @@ def main(argv=None) -> int:
 
     names = args.runs.split(",")
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {n: pool.submit(train, data, args.subject, args.out / n, {**common, **RUNS[n]}, args.threads)
+        futures = {n: pool.submit(train, data, args.subject, args.out / n,
+                                  common + [f"{k}={json.dumps(v)}" for k, v in RUNS[n].items()], args.threads)
                    for n in names}
         results = {n: f.result() for n, f in futures.items()}
 
     frozen, teacher = ref["frozen"]["high"], ref["teacher"]["high"]
-    print(f"\nsettings for every run: {json.dumps(common)}")
+    print(f"\nsettings for every run: {' '.join(common)}")
     print(f"high voxels, ridge on frozen features {frozen:.3f}, on teacher features {teacher:.3f}; "
           f"AC voxels frozen {ref['frozen']['AC']:.3f}, teacher {ref['teacher']['AC']:.3f}\n")
     print(f"{'run':<12} {'best ep':>7} {'high:base':>9} {'tuned':>7} {'readout':>8} {'gap closed':>10} "
