@@ -129,6 +129,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
 
     from .progress import ProgressPrinter
     from .search import SubjectScheduler, SubjectSearcher
+    from .sync import write_sweep_file
     from .tracking import MLflowTracker
     from .trial import TrialPlan, run_trial
 
@@ -155,7 +156,10 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     record["objectives"] = [{"metric": m, "mode": d} for m, d in zip(spec.objective.metrics, spec.objective.modes)]
     record["objective"] = record["objectives"][0]
     tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=record, subjects=subjects,
-                            trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id))
+                            trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id),
+                            storage=str(storage))
+    write_sweep_file(storage, experiment=spec.name, tracking_uri=tracking_uri, artifact_location=artifact_location,
+                     sweep=record, subjects=subjects)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -11,6 +11,7 @@ scheduler events to the subject's ASHA.
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -65,7 +66,11 @@ class SubjectSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner:
-            self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
+            with warnings.catch_warnings():
+                # A retried trial counts Tune iterations from 1 again: Optuna keeps the
+                # first value of each step and warns about the others, once per result.
+                warnings.filterwarnings("ignore", message=r".*is already reported", category=UserWarning)
+                self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.owner:

@@ -24,7 +24,9 @@ an interrupted sweep leaves its unfinished runs KILLED, and resuming sets them R
 A tracking outage never reaches Tune: every group of MLflow calls (a "step") goes through
 :meth:`MLflowTracker._track`, which queues the step when MLflow is unreachable and sends
 the queue in order at a later callback (at most every ``retry_interval_s``) and at the end.
-One warning is logged when an outage starts, not one per call.
+One warning is logged when an outage starts, not one per call. Calls still queued when the
+sweep ends are not lost: :meth:`MLflowTracker.replay` (``python -m sweeper.sync``) records
+the sweep again from its Tune experiment folder, adding only what MLflow lacks.
 
 Example
 -------
@@ -80,6 +82,8 @@ class MLflowTracker(Callback):
     trial_dir : maps a trial to its output folder (None if it has none).
     retry_interval_s : during an outage, the least time between two attempts to send the
         queued calls.
+    storage : the sweep folder, named in the warning about calls MLflow never received
+        (``python -m sweeper.sync --storage <storage>`` records them later).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class MLflowTracker(Callback):
         subjects: list[str],
         trial_dir: Callable[[Trial], Path | None],
         retry_interval_s: float = 30.0,
+        storage: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -99,6 +104,7 @@ class MLflowTracker(Callback):
         self.subjects = list(subjects)
         self.trial_dir = trial_dir
         self.retry_interval_s = retry_interval_s
+        self.storage = None if storage is None else str(storage)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parents: dict[str, str] = {}  # subject -> run id
@@ -142,8 +148,9 @@ class MLflowTracker(Callback):
         if self._pending:
             logger.warning(
                 "MLflow at %s still unreachable at the end of the sweep: %d tracking steps were not "
-                "recorded (the results stay in the Tune experiment folder).",
-                self.tracking_uri, len(self._pending),
+                "recorded. The results are kept in the sweep folder; once MLflow is back, record them "
+                "with: python -m sweeper.sync --storage %s",
+                self.tracking_uri, len(self._pending), self.storage or "<sweep folder>",
             )
 
     # The one way MLflow is called: a step runs after every step queued before it.
@@ -188,14 +195,18 @@ class MLflowTracker(Callback):
         self.client.log_text(run_id, yaml.safe_dump(self.sweep, sort_keys=False), "search_space.yaml")
         self._set_running(run_id)
 
-    def _start_trial(self, trial: Trial) -> None:
+    def _start_trial(self, trial: Trial, running: bool = True) -> None:
         run_id = self._child(trial)
         self._log_params(run_id, trial.config.get("params", {}), what=f"trial {trial.trial_id}")
-        self._set_running(run_id)
+        if running:
+            self._set_running(run_id)
 
-    def _log_result(self, trial: Trial, result: dict, timestamp: int) -> None:
+    def _log_result(self, trial: Trial, result: dict, timestamp: int,
+                    recorded: dict[str, set[int]] | None = None) -> None:
+        """Log one result's metrics at its epoch; ``recorded`` (key -> steps) names points to leave out."""
         step = int(result["epoch"] if "epoch" in result else result.get("training_iteration", 0))
-        metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()]
+        metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()
+                   if step not in (recorded or {}).get(key, ())]
         tags = [RunTag("node_id", result["node_id"])] if isinstance(result.get("node_id"), str) else []
         if metrics or tags:
             self.client.log_batch(self._child(trial), metrics=metrics, tags=tags)
@@ -218,6 +229,52 @@ class MLflowTracker(Callback):
             if os.path.isfile(trial.error_file):
                 self.client.log_artifact(run_id, trial.error_file)
         self.client.set_terminated(run_id, "FAILED")
+
+    # Replay: a sweep recorded afterwards from its Tune experiment (python -m sweeper.sync).
+
+    def replay(self, trials: list[Trial], results: Callable[[Trial], list[dict]]) -> dict[str, int]:
+        """Record ``trials`` as live tracking would have, adding only what MLflow lacks.
+
+        Unlike the callbacks, MLflow errors are raised (a replay is run when MLflow is up).
+        Runs are found by their tags, metric points already recorded (same key and epoch)
+        are skipped, so a replay can follow live tracking, a partial replay or itself.
+
+        Parameters
+        ----------
+        trials : the sweep's Tune trials (their status, config and last result).
+        results : every result a trial reported, oldest first.
+
+        Returns counts: ``trials`` replayed, ``points`` (metric values) added.
+        """
+        for subject in self.subjects:
+            self._start_parent(subject)
+        points = 0
+        replayed = [trial for trial in trials if trial.config.get("subject")]
+        for trial in replayed:
+            terminal = trial.status in (Trial.TERMINATED, Trial.ERROR)
+            self._start_trial(trial, running=not terminal)
+            run_id = self._child(trial)
+            recorded = self._recorded_steps(run_id)
+            timestamp = int(time.time() * 1000)
+            for result in results(trial):
+                self._log_result(trial, result, timestamp, recorded)
+                step = int(result.get("epoch", result.get("training_iteration", 0)))
+                for key in _numbers(result, METRIC_PREFIXES):
+                    if step not in recorded.setdefault(key, set()):
+                        recorded[key].add(step)
+                        points += 1
+            if trial.status == Trial.TERMINATED:
+                self._finish_trial(trial, DONE_KEY not in (trial.last_result or {}))
+            elif trial.status == Trial.ERROR:
+                self._fail_trial(trial)
+        subjects = dict.fromkeys([*self.subjects, *(trial.config["subject"] for trial in replayed)])
+        for subject in subjects:
+            self._end_subject(subject, [trial for trial in replayed if trial.config["subject"] == subject])
+        return {"trials": len(replayed), "points": points}
+
+    def _recorded_steps(self, run_id: str) -> dict[str, set[int]]:
+        keys = self.client.get_run(run_id).data.metrics
+        return {key: {point.step for point in self.client.get_metric_history(run_id, key)} for key in keys}
 
     def _end_subject(self, subject: str, trials: list[Trial]) -> None:
         """Close the subject's runs: unfinished trials KILLED, best trial tagged, parent ended."""

@@ -234,15 +234,47 @@ def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
             [run for run in runs if run.data.tags.get("sweep.role") == "trial"])
 
 
-def _check_complete(client: MlflowClient, child) -> None:
+def _check_complete(client: MlflowClient, child, epochs: int = EPOCHS) -> None:
     """A finished trial's run: every epoch's validation metrics once, the test metrics, the artifacts."""
     assert child.info.status == "FINISHED"
     steps = [point.step for point in client.get_metric_history(child.info.run_id, "val_r")]
-    assert steps == list(range(EPOCHS + 1)), steps
+    assert steps == list(range(epochs + 1)), steps
     assert {"test_r", "test_r.AC", "baseline_r", "best_val_r", "train_loss"} <= set(child.data.metrics)
     assert child.data.tags["stopped_early"] == "false"
     artifacts = {item.path for item in client.list_artifacts(child.info.run_id)}
     assert {"summary.json", "config.yaml", "voxel_r.hf5", "roi_r.png"} <= artifacts
+
+
+def _space(folder: Path, data: Path, name: str, trials: int, concurrency: int, epochs: int = EPOCHS) -> Path:
+    space = {"name": name, "data": str(data), "subjects": ["UTS01"], "fixed": {**FIXED, "epochs": epochs},
+             "search": {"lora_rank": {"choice": [1, 2]}, "lr": {"loguniform": [1e-3, 1e-2]},
+                        "lora_layers": {"top_layers": [1, 2]}},
+             "objective": {"metric": "best_val_r", "mode": "max"}, "scheduler": "none",
+             "budget": {"trials": trials, "concurrency": concurrency},
+             "resources": {"workers": 1, "cpus_per_worker": 1}, "seed": 0}
+    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    return folder / "space.yaml"
+
+
+def _launch(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "sweeper.launch", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _wait(proc: subprocess.Popen, log: Path, deadline: float) -> None:
+    """Wait for a launch to end by ``deadline`` (monotonic) and succeed; on a timeout kill it and show its log."""
+    try:
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        pytest.fail(f"the sweep still ran at its deadline; its log ends:\n{log.read_text()[-6000:]}")
+    assert rc == 0, log.read_text()[-4000:]
 
 
 @dataclass
@@ -265,18 +297,10 @@ def faulted_sweep(small_data, tmp_path_factory, mlflow_server, head, worker_node
     """
     folder = tmp_path_factory.mktemp("sweep")
     storage, log = folder / "shared", folder / "launch.log"
-    space = {"name": "cluster", "data": str(small_data), "subjects": ["UTS01"], "fixed": FIXED,
-             "search": {"lora_rank": {"choice": [1, 2]}, "lr": {"loguniform": [1e-3, 1e-2]},
-                        "lora_layers": {"top_layers": [1, 2]}},
-             "objective": {"metric": "best_val_r", "mode": "max"}, "scheduler": "none",
-             "budget": {"trials": 2, "concurrency": 2}, "resources": {"workers": 1, "cpus_per_worker": 1}, "seed": 0}
-    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    space = _space(folder, small_data, "cluster", trials=2, concurrency=2)
     mlflow_server.ready()
-    args = ["--config", str(folder / "space.yaml"), "--address", f"127.0.0.1:{head.port}", "--storage", str(storage),
-            "--tracking-uri", mlflow_server.url]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sweeper.launch", *args], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = _launch(["--config", str(space), "--address", f"127.0.0.1:{head.port}", "--storage", str(storage),
+                    "--tracking-uri", mlflow_server.url], log, env)
     deadline = time.monotonic() + SWEEP_S
     client = MlflowClient(mlflow_server.url)
     try:
@@ -293,14 +317,10 @@ def faulted_sweep(small_data, tmp_path_factory, mlflow_server, head, worker_node
                 if 1 in epochs:
                     worker_node.stop(signal.SIGKILL)
                     break
-        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except BaseException as error:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if isinstance(error, subprocess.TimeoutExpired):
-            pytest.fail(f"the sweep still ran at its deadline; its log ends:\n{log.read_text()[-6000:]}")
+    except BaseException:
+        _kill(proc)
         raise
-    assert rc == 0, log.read_text()[-4000:]
+    _wait(proc, log, deadline)
     return FaultedSweep(log, storage, nodes, on_worker[0], epochs)
 
 
@@ -374,3 +394,55 @@ def test_tracking_calls_wait_out_an_mlflow_server_outage_in_order(mlflow_server,
     assert len(client.get_metric_history(children[0].info.run_id, "val_r")) == 4
     assert children[0].data.metrics["test_r"] == pytest.approx(0.25)
     assert children[0].data.tags["node_id"] == "node-a" and children[0].data.params["lr"] == "0.001"
+
+
+def test_killed_driver_resumes_and_what_mlflow_missed_is_synced_from_the_sweep_folder(small_data, tmp_path, head,
+                                                                                    mlflow_server, env):
+    """Two faults in one sweep on the cluster: the driver is killed once a trial has finished,
+    then the MLflow server is down for the whole resumed sweep. ``--resume`` completes the
+    sweep without re-running the finished trial; ``python -m sweeper.sync`` then records in
+    MLflow what it missed, once, and a second sync adds nothing."""
+    storage, log = tmp_path / "shared", tmp_path / "launch.log"
+    space = _space(tmp_path, small_data, "resumed", trials=3, concurrency=1, epochs=2)
+    mlflow_server.ready()
+    args = ["--config", str(space), "--address", f"127.0.0.1:{head.port}", "--storage", str(storage),
+            "--tracking-uri", mlflow_server.url]
+    proc = _launch(args, log, env)
+    deadline = time.monotonic() + SWEEP_S
+    while not list(storage.glob("trials/UTS01/*/summary.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill(proc)
+            pytest.fail(f"no trial finished before the deadline; the log ends:\n{log.read_text()[-6000:]}")
+        time.sleep(0.5)
+    _kill(proc)
+    finished = {path.parent.name: path.stat().st_mtime for path in storage.glob("trials/UTS01/*/summary.json")}
+
+    mlflow_server.stop()
+    try:
+        resumed = _launch([*args, "--resume"], log, env)
+        _wait(resumed, log, time.monotonic() + SWEEP_S)
+    finally:
+        mlflow_server.start()
+    assert f"python -m sweeper.sync --storage {storage}" in log.read_text()
+    for trial, mtime in finished.items():  # not trained again
+        assert (storage / "trials" / "UTS01" / trial / "summary.json").stat().st_mtime == mtime
+    assert len(list(storage.glob("trials/UTS01/*/summary.json"))) == 3
+
+    def sync() -> str:
+        done = subprocess.run([sys.executable, "-m", "sweeper.sync", "--storage", str(storage)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=START_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    assert "synced 3 trials" in sync()
+    client = MlflowClient(mlflow_server.url)
+    parents, children = _runs(client, "resumed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(child.data.tags["trial_id"] for child in children) == sorted(
+        path.parent.name for path in storage.glob("trials/UTS01/*/summary.json"))
+    for child in children:
+        _check_complete(client, child, epochs=2)
+    best = [child for child in children if child.data.tags.get("best_trial") == "true"]
+    assert len(best) == 1 and parents[0].data.tags["best_trial_id"] == best[0].data.tags["trial_id"]
+    assert "synced 3 trials: 0 metric values added" in sync()
+    assert [len(client.get_metric_history(child.info.run_id, "val_r")) for child in children] == [3, 3, 3]

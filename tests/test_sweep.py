@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,30 +103,6 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
     _, runs = _runs(storage)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and all(r.info.status == "FINISHED" for r in runs)
-
-
-def test_resume_after_killing_the_driver_reruns_nothing_finished(small_data, tmp_path):
-    storage = tmp_path / "sweep"
-    log = tmp_path / "log"
-    space = _space(tmp_path, small_data, subjects=["UTS01"], budget={"trials": 3, "concurrency": 1})
-    proc = _launch(["--config", str(space), "--storage", str(storage)], log)
-    deadline = time.time() + 600
-    while "done:" not in log.read_text():
-        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = {p.parent.name: p.stat().st_mtime for p in storage.glob("trials/UTS01/*/summary.json")}
-    assert len(finished) >= 1
-    resumed = _launch(["--config", str(space), "--storage", str(storage), "--resume"], log)
-    _finish(resumed, log, 600)
-    for trial, mtime in finished.items():
-        assert (storage / "trials/UTS01" / trial / "summary.json").stat().st_mtime == mtime
-    assert len(list(storage.glob("trials/UTS01/*/summary.json"))) == 3
-    _, runs = _runs(storage)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 3 and len({r.data.tags["trial_id"] for r in children}) == 3
-    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):

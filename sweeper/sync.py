@@ -1,0 +1,137 @@
+"""Record a sweep in MLflow from its sweep folder: ``python -m sweeper.sync --storage DIR``.
+
+Live tracking (:class:`sweeper.tracking.MLflowTracker`) waits out a tracking outage, but
+calls still queued when the sweep ends, or made by a driver that was killed, never reach
+MLflow. Everything they carried is in the sweep folder: Tune's experiment state (each
+trial's status and configuration), each trial's ``result.json`` (every result it
+reported) and each trial's output folder (``summary.json`` with the per-epoch history,
+figures, voxel r). This command records the sweep from those files as live tracking would
+have, adding only what MLflow lacks, so it is safe to run at any time and more than once.
+
+It also fills a gap live tracking cannot see: an epoch whose report died with its node
+after the checkpoint was written (the retried trial goes on from the next epoch); the
+trial's ``summary.json`` history still has it.
+
+    python -m sweeper.sync --storage runs/demo [--tracking-uri URI]
+
+The tracking URI defaults to the one the sweep used (recorded in ``DIR/sweep.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from core.cli import progress, quiet_libraries, run
+from core.errors import BrainsweepError, ConfigError
+from mlflow.exceptions import MlflowException
+
+from .trial import EpochReports
+
+SWEEP_FILE = "sweep.json"
+
+
+class TrackingError(BrainsweepError):
+    """MLflow did not take the sweep's records."""
+
+
+def write_sweep_file(storage: Path, **record) -> None:
+    """What sync needs to know about a sweep (experiment, tracking, definition, subjects), in its folder."""
+    (storage / SWEEP_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+
+def read_sweep_file(storage: Path) -> dict:
+    path = storage / SWEEP_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; is {storage} the folder of a sweep (--storage of sweeper.launch)?") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: unreadable ({error})") from None
+
+
+def load_trials(tune_dir: Path) -> list:
+    """The Tune trials of an experiment folder, with their last status, config and last result."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return list(ExperimentAnalysis(str(tune_dir)).trials)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"{tune_dir}: no Tune experiment state ({str(error).splitlines()[0]})") from None
+
+
+def trial_results(result_file: Path, summary_file: Path) -> list[dict]:
+    """Every result a trial reported (``result.json``), then the epochs of its history that no result carries."""
+    rows = []
+    if result_file.is_file():
+        for line in result_file.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+    try:
+        history = json.loads(summary_file.read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return rows
+    reported = {row.get("epoch") for row in rows}
+    reports, best = EpochReports(), {"epoch": 0, "val_r": -math.inf}
+    for record in history:
+        value = record["val_r"]
+        if record["epoch"] == 0 or (value is not None and math.isfinite(value) and value > best["val_r"]):
+            best = {"epoch": record["epoch"], "val_r": value}
+        flat = reports.epoch(dict(record, best_epoch=best["epoch"], best_val_r=best["val_r"]))
+        if record["epoch"] not in reported:
+            rows.append(flat)
+    return rows
+
+
+def sync(storage: Path, tracking_uri: str | None = None) -> dict[str, int]:
+    """Record the sweep in ``storage`` in MLflow (see the module docstring); returns the counts of :meth:`replay`."""
+    from .tracking import MLflowTracker
+
+    storage = Path(storage).resolve()
+    sweep = read_sweep_file(storage)
+    trials = load_trials(storage / "tune" / sweep["experiment"])
+    uri = tracking_uri or sweep["tracking_uri"]
+    artifacts = sweep.get("artifact_location")
+    if uri != sweep["tracking_uri"]:  # another store: artifacts as sweeper.launch would place them for it
+        artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    tracker = MLflowTracker(uri, sweep["experiment"], artifacts,
+                            sweep=sweep["sweep"], subjects=sweep["subjects"],
+                            trial_dir=lambda trial: storage / "trials" / trial.config["subject"] / trial.trial_id,
+                            storage=str(storage))
+
+    def results(trial) -> list[dict]:
+        folder = storage / "trials" / trial.config["subject"] / trial.trial_id
+        return trial_results(Path(trial.storage.trial_fs_path) / "result.json", folder / "summary.json")
+
+    return tracker.replay(trials, results)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeper.sync", description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", required=True, help="the sweep folder (--storage of sweeper.launch)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    args = parser.parse_args(argv)
+    storage = Path(args.storage).expanduser()
+    if not storage.is_dir():
+        raise ConfigError(f"{storage}: sweep folder not found")
+    uri = args.tracking_uri or read_sweep_file(storage)["tracking_uri"]
+    progress(f"recording {storage} in MLflow at {uri}")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    try:
+        counts = sync(storage, uri)
+    except (OSError, MlflowException) as error:
+        raise TrackingError(f"MLflow at {uri}: {str(error).strip().splitlines()[0][:300]} "
+                            "(nothing is lost: run this command again once it answers)") from None
+    print(f"synced {counts['trials']} trials: {counts['points']} metric values added")
+    return 0
+
+
+if __name__ == "__main__":
+    quiet_libraries()
+    sys.exit(run(main))
