@@ -61,6 +61,14 @@ ridge_backend      numpy                          himalaya backend of the ridge 
                                                   torch, torch_cuda, torch_mps, cupy
 norm_momentum      0.01                           momentum of the running feature
                                                   normalisation, in (0, 1]
+transfer_to        []                             other subjects scored on this run's tuned
+                                                  features: a new ridge readout each, vs the
+                                                  same on pretrained features (the run's own
+                                                  subject is skipped)
+probes             []                             word-level probe targets scored at the end
+                                                  (core.probes): acoustic, semantic:<GloVe
+                                                  file>, planted, unchanged (synthetic data)
+probe_layers       null                           layers probed; null = 1..readout_layer
 =================  =============================  ==========================================
 
 A config file is a YAML mapping of some of these settings; the rest keep their defaults.
@@ -160,6 +168,9 @@ class TrainConfig:
     val_stories: list[str] | None = None
     ridge_backend: str = "numpy"
     norm_momentum: float = 0.01
+    transfer_to: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+    probe_layers: list[int] | None = None
 
     def __post_init__(self):
         # YAML 1.1 reads the words on/off as booleans.
@@ -347,6 +358,15 @@ class TrainConfig:
         require(self.ridge_backend in RIDGE_BACKENDS, "ridge_backend", "is not a himalaya backend",
                 ", ".join(RIDGE_BACKENDS))
         require(0 < self.norm_momentum <= 1, "norm_momentum", "is not in (0, 1]", "0 < norm_momentum <= 1")
+        require(all(subject.strip() for subject in self.transfer_to) and len(set(self.transfer_to)) == len(self.transfer_to),
+                "transfer_to", "has an empty name or repeats", "subject names, each at most once")
+        for family in self.probes:
+            require(family in ("acoustic", "planted", "unchanged") or
+                    (family.startswith("semantic:") and len(family) > len("semantic:")),
+                    "probes", f"{family!r} is not a target family", "acoustic, semantic:<GloVe file>, planted, unchanged")
+        if self.probe_layers is not None:
+            require(len(self.probe_layers) >= 1 and _increasing_from_one(self.probe_layers), "probe_layers",
+                    "is not sorted unique layers", "increasing layer numbers >= 1, or null")
 
     def check_against(self, *, n_layers: int, roi_names: list[str], story_trs: dict[str, int]) -> None:
         """Check the settings that depend on the model and the subject.
@@ -363,6 +383,9 @@ class TrainConfig:
         if self.readout_layer > n_layers:
             raise _error("readout_layer", f"is above the model's {n_layers} layers", self.readout_layer,
                          f"a layer between 1 and {n_layers}")
+        if self.probe_layers and max(self.probe_layers) > n_layers:
+            raise _error("probe_layers", f"is above the model's {n_layers} layers", self.probe_layers,
+                         f"layers between 1 and {n_layers}")
         above = [layer for layer in self.lora_layer_list() if layer > self.readout_layer]
         if above:
             raise _error("lora_layers", f"layer {above[0]} is above readout_layer {self.readout_layer}: "

@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, probes
 from .config import TrainConfig
 from .dataset import Dataset
 from .errors import ConfigError
 from .evaluation import Evaluation, held_out_responses, score
-from .extract import FrozenFeatures, resolve_cnn_cache
+from .extract import FrozenFeatures, all_window_features, resolve_cnn_cache
 from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
 from .model import BrainModel, adapt
@@ -131,6 +131,9 @@ class Trainer:
         self.split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
         self.story_trs = {s: dataset.n_trs(subject, s) for s in self.split.train + self.split.val + self.split.test}
         self.roi_masks = dataset.roi_masks(subject)
+        for other in config.transfer_to:
+            dataset.validate(other)
+        probes.check(config.probes, dataset)
         nan = dataset.nan_voxels(subject)
         config.check_against(n_layers=self._n_layers(), roi_names=list(self.roi_masks),
                              story_trs={s: self.story_trs[s] for s in self.split.train})
@@ -212,14 +215,15 @@ class Trainer:
         inp = self.story_input(story)
         return inp.lanczos(vectors.to(self.device))
 
-    def _ridge(self, feats: dict[str, np.ndarray]):
-        """Ridge on the training stories' features; scored on the test stories."""
-        X = np.concatenate([feats[s] for s in self.split.train])
-        Y = np.concatenate([self.dataset.responses(self.subject, s) for s in self.split.train])
+    def _ridge(self, feats: dict[str, np.ndarray], subject: str | None = None, split=None):
+        """Ridge on the training stories' features; scored on the test stories (of this run's subject by default)."""
+        subject, split = subject or self.subject, split or self.split
+        X = np.concatenate([feats[s] for s in split.train])
+        Y = np.concatenate([self.dataset.responses(subject, s) for s in split.train])
         fit = fit_ridge(X, Y, backend=self.config.ridge_backend, seed=self.config.seed)
-        responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
-        prediction = np.concatenate([fit.predict(feats[s]) for s in self.split.test])
-        result = score(prediction, responses, self.roi_masks, ceiling)
+        responses, ceiling = held_out_responses(self.dataset, subject, split.test)
+        prediction = np.concatenate([fit.predict(feats[s]) for s in split.test])
+        result = score(prediction, responses, self.dataset.roi_masks(subject), ceiling)
         result.alphas = fit.alphas
         return fit, result
 
@@ -375,6 +379,62 @@ class Trainer:
             self._end_epoch(epoch, train_loss=loss, val=val, seconds=time.time() - started)
         return self.evaluate()
 
+    def transfer(self, subject: str) -> dict:
+        """Another subject's ridge readouts on the current model's features and on the pretrained model's.
+
+        The cross-subject transfer of the paper: this run's backbone (as loaded: the best
+        epoch in :meth:`evaluate`) is kept fixed and a new ridge readout is fitted on
+        ``subject``'s training stories, then scored on its test stories; the same on the
+        pretrained model's features is the reference. Both go through this model's
+        windows, Lanczos resampling, delays and normalisation, so only the backbone differs.
+
+        Returns ``{"baseline": Evaluation, "tuned": Evaluation}``.
+        """
+        split = self.dataset.split(subject, test=self.config.test_stories, val=self.config.val_stories)
+        stories = split.train + split.test
+        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
+                                batch_windows=self.config.batch_windows)
+        pretrained, tuned = {}, {}
+        for i, story in enumerate(stories):
+            self.progress(f"transfer to {subject} [{i + 1}/{len(stories)}]: {story}")
+            inp = self.model.prepare(story, self.dataset.audio(story), self.dataset.tr_times(subject, story), None)
+            _, vectors = frozen.window_features(self.dataset, story, self.model.readout_layers)
+            mixed = self.model.mix_layers({k: torch.from_numpy(v) for k, v in vectors.items()})
+            pretrained[story] = self.model.story_features(inp, mixed, self.config.batch_windows).cpu().numpy()
+            tuned[story] = self.model.story_features(inp, None, self.config.batch_windows).cpu().numpy()
+        return {"baseline": self._ridge(pretrained, subject, split)[1], "tuned": self._ridge(tuned, subject, split)[1]}
+
+    def probe(self) -> dict:
+        """Word-level probes (:mod:`core.probes`) of the pretrained model and of the current one.
+
+        Probes are fitted on the training stories' words and scored on the test stories'.
+        Returns ``{family: {layer (str): {"pretrained": r, "tuned": r}}}``.
+        """
+        layers = self.config.probe_layers or list(range(1, self.config.readout_layer + 1))
+        targets = probes.families(self.config.probes, self.dataset, self.spec, str(self.device))
+        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
+                                batch_windows=self.config.batch_windows)
+
+        def tuned(story):
+            return all_window_features(self.model.wavlm, self.dataset.audio(story), self.spec, layers,
+                                       batch_windows=self.config.batch_windows, cnn_cache=self.cnn_cache,
+                                       device=self.device)
+
+        def pretrained(story):
+            return frozen.window_features(self.dataset, story, layers)
+
+        training = self.model.training
+        self.model.eval()  # no adapter dropout in the features probed
+        try:
+            self.progress(f"probes: {', '.join(targets)} at layers {layers}")
+            scores = {name: probes.run_probes(self.dataset, list(self.split.train), list(self.split.test), features,
+                                              targets, layers, seed=self.config.seed, backend=self.config.ridge_backend)
+                      for name, features in (("pretrained", pretrained), ("tuned", tuned))}
+        finally:
+            self.model.train(training)
+        return {family: {str(layer): {name: scores[name][family][layer] for name in scores} for layer in layers}
+                for family in targets}
+
     def evaluate(self) -> dict:
         """Test evaluation of the best epoch: ridge refit (tuned) and own readout (tuned_readout)."""
         self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
@@ -384,10 +444,14 @@ class Trainer:
         responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
         readout = score(np.concatenate([self._predict(feats[s]) for s in self.split.test]), responses,
                         self.roi_masks, ceiling)
+        transfer = {other: self.transfer(other) for other in self.config.transfer_to if other != self.subject}
+        probed = self.probe() if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
         baseline = self._baseline_eval
         self.results = {"baseline": baseline, "tuned": tuned, "tuned_readout": readout}
         return {
+            "transfer": {other: {name: result.summary for name, result in pair.items()} for other, pair in transfer.items()},
+            "probes": probed,
             "subject": self.subject,
             "best_epoch": self.best["epoch"],
             "best_val_r": self.best["val_r"],

@@ -53,6 +53,7 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     import optuna
     from transformers import AutoConfig
 
+    from core import probes
     from core.dataset import Dataset
 
     from .space import SearchSpace, train_config
@@ -73,6 +74,11 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     for _ in range(samples if spec.params else 1):
         trial = study.ask()
         config = train_config(spec.fixed, space(trial)["settings"])
+        unknown = [s for s in config.transfer_to if s not in dataset.subjects]
+        if unknown:
+            raise ConfigError(f"{spec.source}: transfer_to: no subject {', '.join(unknown)} in {data} "
+                              f"(available: {', '.join(dataset.subjects)})")
+        probes.check(config.probes, dataset)
         for subject, (rois, trs) in info.items():
             try:
                 config.check_against(n_layers=n_layers, roi_names=rois, story_trs=trs)
@@ -200,6 +206,19 @@ def summarize(results, spec: SweepSpec, subjects: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_report(tracking_uri: str, experiment: str, out: Path) -> None:
+    """The sweep's report into its MLflow parent runs and ``out``; a failure only warns (the sweep is done)."""
+    from .report import report_sweep
+
+    try:
+        sweep, folder = report_sweep(tracking_uri, experiment, out)
+    except Exception as error:  # noqa: BLE001 - e.g. MLflow down: the results are safe, the report can wait
+        progress(f"warning: no report ({type(error).__name__}: {str(error).splitlines()[0][:200]}); build it later with: "
+                 f"python -m sweeper.report --experiment {experiment} --tracking-uri {tracking_uri} --out {out}")
+        return
+    print(f"report ({sweep.kind}): {folder / 'report.md'}, also under report/ in the MLflow parent runs")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeper.launch", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space file (default: search_spaces/demo.yaml)")
@@ -251,6 +270,7 @@ def main(argv=None) -> int:
         ray.shutdown()
     print()
     print(summarize(results, spec, subjects))
+    write_report(tracking_uri, spec.name, storage / "report")
     if tracking_uri.startswith("sqlite:"):
         ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000)"
     else:

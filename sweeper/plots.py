@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 import os
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 BASELINE_LABEL = "baseline (ridge on frozen WavLM)"
 TUNED_LABEL = "tuned (LoRA WavLM)"
@@ -103,3 +105,106 @@ def voxel_r_histogram(path: str | os.PathLike, baseline_r: np.ndarray, tuned_r: 
 def _finite(values) -> np.ndarray:
     values = np.asarray(values, dtype=float).ravel()
     return values[np.isfinite(values)]
+
+
+def change_matrix(changes, values, row_labels: list[str], col_labels: list[str], *, title: str, xlabel: str,
+                  ylabel: str, change_label: str) -> Figure:
+    """A matrix of changes from a reference, coloured by the change, each cell labelled with value and change.
+
+    Parameters
+    ----------
+    changes, values : nested lists of shape (n_rows, n_cols): the change from the
+        reference (colour) and the value itself (label); NaN cells are grey, "n/a".
+    row_labels, col_labels : what each row and column is (e.g. "AC" trained on, "AC" evaluated on).
+    title, xlabel, ylabel : the figure's texts.
+    change_label : what the colour means (the colour bar's label).
+    """
+    changes = np.array(changes, dtype=float).reshape(len(row_labels), len(col_labels))
+    values = np.array(values, dtype=float).reshape(changes.shape)
+    finite = np.abs(changes[np.isfinite(changes)])
+    limit = max(float(finite.max()) if finite.size else 0.0, 0.01)
+
+    figure = Figure(figsize=(max(6.0, 1.5 * len(col_labels) + 3.0), max(3.0, 0.75 * len(row_labels) + 2.2)),
+                    layout="constrained")
+    axes = figure.add_subplot()
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#dddddd")
+    image = axes.imshow(np.ma.masked_invalid(changes), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(changes.shape[0]):
+        for j in range(changes.shape[1]):
+            text = "n/a" if not np.isfinite(values[i, j]) else f"{values[i, j]:.3f}\n({changes[i, j]:+.3f})"
+            dark = np.isfinite(changes[i, j]) and abs(changes[i, j]) > 0.6 * limit
+            axes.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    axes.set_xticks(range(len(col_labels)), col_labels)
+    axes.set_yticks(range(len(row_labels)), row_labels)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label=change_label)
+    return figure
+
+
+def seed_spread(test_r: dict[str, list[float]], best_epoch: dict[str, list[float]], *, baseline: float,
+                title: str) -> Figure:
+    """Two panels: test r of every seed per configuration (points, mean and sd) with the frozen
+    baseline as a dashed line; and the best epoch of every seed.
+
+    Parameters
+    ----------
+    test_r, best_epoch : configuration label -> one value per seed.
+    baseline : the frozen baseline's mean test r.
+    title : the figure title.
+    """
+    labels = list(test_r)
+    figure = Figure(figsize=(max(7.5, 1.8 * len(labels) + 3.0), 4.6), layout="constrained")
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    jitter = np.random.default_rng(0)
+    for panel, data, ylabel in ((left, test_r, "test r (ridge on tuned features)"), (right, best_epoch, "best epoch")):
+        for x, label in enumerate(labels):
+            values = np.array([v for v in data[label] if np.isfinite(v)], dtype=float)
+            if not values.size:
+                continue
+            panel.scatter(x + jitter.uniform(-0.12, 0.12, values.size), values, color=TUNED_COLOR, alpha=0.7, s=22,
+                          zorder=3)
+            spread = values.std(ddof=1) if values.size > 1 else 0.0
+            panel.errorbar(x + 0.25, values.mean(), yerr=spread, fmt="o", color="black", capsize=4, zorder=4)
+        panel.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        if panel is right:
+            panel.yaxis.set_major_locator(MaxNLocator(integer=True))
+        panel.set_ylabel(ylabel)
+        panel.spines[["top", "right"]].set_visible(False)
+    if np.isfinite(baseline):
+        left.axhline(baseline, color=BASELINE_COLOR, linestyle="--", linewidth=1.5,
+                     label=f"{BASELINE_LABEL}: {baseline:.3f}")
+    left.plot([], [], "o", color="black", label="mean ± sd over seeds")
+    left.legend(loc="best", fontsize=8, frameon=False)
+    left.set_xlabel("configuration")
+    right.set_xlabel("configuration")
+    figure.suptitle(title)
+    return figure
+
+
+def probe_lines(scores: dict[str, dict[int, tuple[float, float]]], *, title: str) -> Figure:
+    """Held-out probe r against layer, one colour per target family: pretrained dashed, tuned solid.
+
+    Parameters
+    ----------
+    scores : family -> layer -> (pretrained r, tuned r).
+    title : the figure title.
+    """
+    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+    axes = figure.add_subplot()
+    colors = matplotlib.colormaps["tab10"].colors
+    layers_seen: set[int] = set()
+    for (family, layers), color in zip(scores.items(), colors):
+        xs = list(layers)
+        layers_seen.update(xs)
+        axes.plot(xs, [layers[x][0] for x in xs], linestyle="--", marker="o", color=color, alpha=0.7,
+                  label=f"{family}: pretrained")
+        axes.plot(xs, [layers[x][1] for x in xs], linestyle="-", marker="s", color=color, label=f"{family}: tuned")
+    axes.set_xticks(sorted(layers_seen))
+    axes.set_xlabel("layer probed")
+    axes.set_ylabel("held-out r (mean over target dimensions)")
+    axes.set_title(title)
+    axes.legend(loc="best", fontsize=8, frameon=False, ncols=2)
+    axes.spines[["top", "right"]].set_visible(False)
+    return figure

@@ -21,6 +21,7 @@ A search-space file (``search_spaces/*.yaml``) reads like the study it describes
     points_to_evaluate:                          # known-good configurations, tried first
       - {lr: 1.0e-3, lora_rank: 4, lora_layers: 2}
     seed: 0
+    report: roi                                  # the study report (sweeper.report); default: sweep
 
 Kinds of searched setting: ``loguniform``, ``uniform`` (floats), ``int`` (inclusive
 bounds), ``choice`` (a list of values; lists of layers allowed), and ``top_layers`` (for
@@ -49,7 +50,9 @@ from core.errors import BrainsweepError, ConfigError
 
 KINDS = ("loguniform", "uniform", "int", "choice", "top_layers")
 TOP_KEYS = ("name", "description", "data", "subjects", "fixed", "search", "objective", "scheduler", "budget",
-            "resources", "points_to_evaluate", "seed")
+            "resources", "points_to_evaluate", "seed", "report")
+# The study reports of sweeper.report; "sweep" (the default) is every sweep's table.
+REPORTS = ("sweep", "roi", "stability", "transfer", "probes")
 SETTINGS = tuple(f.name for f in TrainConfig.__dataclass_fields__.values())
 SCHEDULERS = ("asha", "none")
 METRIC_PREFIXES = ("best_val_r",)
@@ -186,6 +189,9 @@ def parse_spec(raw, source: str = "search space") -> SweepSpec:
         for key in point:
             if key not in searched:
                 raise _fail(source, f"points_to_evaluate[{i}].{key}", "not a searched setting" + _suggest(key, list(searched)))
+    report = raw.setdefault("report", "sweep")
+    if report not in REPORTS:
+        raise _fail(source, "report", f"unknown report {report!r}" + _suggest(str(report), REPORTS))
     seed = raw.setdefault("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail(source, "seed", f"expected an integer (got {seed!r})")

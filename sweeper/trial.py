@@ -11,7 +11,11 @@ validation r of the best epoch so far), so Optuna and ASHA always find them:
   ``test_readout_r`` (the model's own readout), ``baseline_r`` (epoch 0 ridge), each also
   per ROI (``test_r.AC``) with ``*_ceiling_fraction`` where known, ``gain_r``
   (test_r - baseline_r), ``loop_seconds`` (time inside the training loop) and
-  ``done_training: 1``.
+  ``done_training: 1``; with ``transfer_to``, for each other subject S
+  ``transfer_r.S`` (a new ridge readout of S on this trial's tuned features) and
+  ``transfer_baseline_r.S`` (the same on pretrained features), each per ROI too; with
+  ``probes``, ``probe_r.<family>.L<layer>`` (tuned) and ``probe_baseline_r.<family>.L<layer>``
+  (pretrained): held-out r of word-level probes (:mod:`core.probes`).
 
 A one-worker trial runs the trainer in the trial's own process (no Train start-up); more
 workers run it data-parallel under Ray Train (gloo on CPU, nccl on GPU). The trial's
@@ -51,11 +55,13 @@ class TrialPlan:
 
 
 def _flat(prefix: str, summary: dict) -> dict:
-    """``{mean_r, roi_mean_r, ceiling_fraction}`` -> ``{prefix: .., prefix.ROI: .., prefix_ceiling_fraction: ..}``."""
+    """``{mean_r, roi_mean_r, ceiling_fraction, roi_ceiling_fraction}`` -> ``{prefix: .., prefix.ROI: ..,
+    prefix_ceiling_fraction: .., prefix_ceiling_fraction.ROI: ..}``."""
     out = {prefix: summary["mean_r"]}
     out.update({f"{prefix}.{roi}": v for roi, v in summary["roi_mean_r"].items()})
     if "ceiling_fraction" in summary:
         out[f"{prefix}_ceiling_fraction"] = summary["ceiling_fraction"]
+        out.update({f"{prefix}_ceiling_fraction.{roi}": v for roi, v in summary.get("roi_ceiling_fraction", {}).items()})
     return out
 
 
@@ -94,6 +100,13 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
     metrics.update(_flat("test_readout_r", summary["tuned_readout"]))
     metrics.update(_flat("baseline_r", summary["baseline"]))
     metrics["gain_r"] = summary["tuned"]["mean_r"] - summary["baseline"]["mean_r"]
+    for other, pair in summary.get("transfer", {}).items():
+        metrics.update(_flat(f"transfer_r.{other}", pair["tuned"]))
+        metrics.update(_flat(f"transfer_baseline_r.{other}", pair["baseline"]))
+    for family, layers in summary.get("probes", {}).items():
+        for layer, pair in layers.items():
+            metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]
+            metrics[f"probe_baseline_r.{family}.L{layer}"] = pair["pretrained"]
     return _finite(metrics)
 
 

@@ -95,6 +95,7 @@ def load_spec_from(raw):
     ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: workers, cpus_per_worker, gpus_per_worker)"),
     ({"points_to_evaluate": [{"lora_rank": 4}]}, "points_to_evaluate[0].lora_rank: not a searched setting"),
     ({"search": {"roi_weights.AC": {"uniform": [0, 1], "when": {"los": "mse"}}}}, "when: unknown setting 'los'"),
+    ({"report": "rois"}, "report: unknown report 'rois'; did you mean 'roi'?"),
 ])
 def test_bad_files_get_their_messages(change, expected):
     with pytest.raises(SpaceError) as err:
@@ -126,3 +127,22 @@ def test_launch_checks_data_and_sampled_trials_before_ray(tiny_data, tmp_path, c
     assert "above readout_layer" in capsys.readouterr().err
     assert run(launch_main, ["--data", str(tiny_data), "--dry-run"]) == 0
     assert "lora_layers: top_layers" in capsys.readouterr().out
+
+
+def test_stability_study_runs_every_method_with_every_seed():
+    spec = load_spec(SPACES / "stability.yaml")
+    grid = {(p["seed"], p["lora_rank"], p["lr"]) for p in spec.points_to_evaluate}
+    assert len(grid) == spec.trials == 9
+    assert {(rank, lr) for _, rank, lr in grid} == {(4, 3e-3), (0, 3e-4), (4, 0.0)}  # LoRA, full FT, control
+    assert {seed for seed, _, _ in grid} == {0, 1, 2}
+
+
+def test_launch_checks_study_settings_before_ray(tiny_data, tmp_path, capsys):
+    space = tmp_path / "transfer.yaml"
+    space.write_text(yaml.safe_dump({"data": str(tiny_data), "fixed": {"readout_layer": 3, "transfer_to": ["UTS09"]}}))
+    assert run(launch_main, ["--config", str(space), "--dry-run"]) == 2
+    assert "transfer_to: no subject UTS09" in capsys.readouterr().err
+    space.write_text(yaml.safe_dump({"data": str(tiny_data), "fixed": {"readout_layer": 3,
+                                                                       "probes": [f"semantic:{tmp_path}/no.txt"]}}))
+    assert run(launch_main, ["--config", str(space), "--dry-run"]) == 2
+    assert "word-vector file not found" in capsys.readouterr().err

@@ -82,6 +82,10 @@ def test_default_command_records_parent_and_child_runs_in_mlflow(tmp_path):
         best = [c for c in children if c.data.tags.get("best_trial") == "true"
                 and c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert len(best) == 1 and best[0] in complete
+        # The sweep's report (demo.yaml: the table of every sweep) in every parent run.
+        assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/report.md"}
+    report = (storage / "report" / "report.md").read_text()
+    assert report.startswith("# Sweep `demo`") and report.count("(best)") == 2
 
 
 def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data, tmp_path):
@@ -106,18 +110,28 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
 
 
 def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
-    """Data-parallel (gloo, 2 Ray Train workers) vs in-process: same configuration, close numbers."""
+    """Data-parallel (gloo, 2 Ray Train workers) vs in-process: same configuration, close numbers,
+    the study measures included (transfer to the other subject, word-level probes) and the
+    probes report built from MLflow at the end."""
     results = {}
+    fixed = {**FIXED, "lr": 3e-3, "transfer_to": ["UTS01", "UTS02"], "probes": ["acoustic", "planted"],
+             "probe_layers": [3]}
     for workers in (1, 2):
         storage = tmp_path / f"w{workers}"
         space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
-                       resources={"workers": workers, "cpus_per_worker": 1 / workers}, fixed={**FIXED, "lr": 3e-3})
+                       resources={"workers": workers, "cpus_per_worker": 1 / workers}, fixed=fixed, report="probes")
         log = tmp_path / f"log{workers}"
         proc = _launch(["--config", str(space), "--storage", str(storage)], log)
         _finish(proc, log, 600)
-        _, runs = _runs(storage)
+        client, runs = _runs(storage)
         (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+        assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+            "report/report.md", "report/probes_UTS01.png"}
+        assert "| planted | 3 |" in (storage / "report" / "report.md").read_text()
         results[workers] = child.data.metrics
     assert results[1]["baseline_r"] == pytest.approx(results[2]["baseline_r"], abs=1e-6)
-    for metric in ("test_r", "test_r.AC", "best_val_r"):
+    for metric in ("transfer_baseline_r.UTS02", "probe_baseline_r.planted.L3", "probe_baseline_r.acoustic.L3"):
+        assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-6), metric
+    for metric in ("test_r", "test_r.AC", "best_val_r", "transfer_r.UTS02", "probe_r.planted.L3"):
         assert results[1][metric] == pytest.approx(results[2][metric], abs=0.03), metric
