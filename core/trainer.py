@@ -28,6 +28,7 @@ checkpoints. Evaluation runs on every worker (it is cheap next to training).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -45,7 +46,7 @@ from .evaluation import Evaluation, held_out_responses, score
 from .extract import FrozenFeatures, all_window_features, resolve_cnn_cache
 from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
-from .model import BrainModel, adapt
+from .model import BrainModel, Readout, adapt
 from .ridge import fit_ridge
 from .wavlm import load_wavlm
 
@@ -76,6 +77,41 @@ def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int)
         n = stories[story]
         blocks += [(story, a, min(a + block_trs, n)) for a in range(0, n, block_trs) if min(a + block_trs, n) - a >= 2]
     return blocks
+
+
+def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, weights: np.ndarray,
+                           config: TrainConfig, device: torch.device) -> Readout:
+    """A readout (rank ``config.bottleneck``) trained on fixed features, as the trainer trains its own.
+
+    It starts from the ridge fit (its best rank-k approximation, like the trainer's epoch
+    0) and is trained for ``config.epochs`` passes of ``config.block_trs``-TR blocks with
+    ``config.loss`` and ``config.readout_lr``; only the features never change. Used to give
+    another subject a bottleneck readout on a tuned backbone (:meth:`Trainer.transfer`).
+
+    Parameters
+    ----------
+    features : story -> array of shape (n_trs, n_features), the training stories' features.
+    responses : story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
+    fit : the ridge fit on those features (its weights restricted to the predicted voxels).
+    weights : array of shape (n_outputs,), the loss weight of each predicted voxel.
+    """
+    torch.manual_seed(config.seed)
+    n_in, n_out = fit.weights.shape
+    readout = Readout(n_in, n_out, config.bottleneck)
+    scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
+    readout.set_linear(fit.weights * scale[:, None], fit.y_mean - (fit.x_mean * scale) @ fit.weights)
+    readout.to(device)
+    optimizer = torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
+    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
+    y = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in responses.items()}
+    w = torch.as_tensor(weights, dtype=torch.float32, device=device)
+    for epoch in range(1, config.epochs + 1):
+        for story, start, stop in epoch_blocks({s: len(v) for s, v in x.items()}, config.block_trs, config.seed, epoch):
+            loss = loss_fn(config.loss, readout(x[story][start:stop]), y[story][start:stop], w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return readout.eval()
 
 
 def _distributed() -> tuple[int, int]:
@@ -388,7 +424,10 @@ class Trainer:
         pretrained model's features is the reference. Both go through this model's
         windows, Lanczos resampling, delays and normalisation, so only the backbone differs.
 
-        Returns ``{"baseline": Evaluation, "tuned": Evaluation}``.
+        Each also gets a bottleneck readout trained on those fixed features
+        (:func:`fit_bottleneck_readout`), the paper's readout.
+
+        Returns ``{"baseline", "tuned", "baseline_readout", "tuned_readout"}`` -> Evaluation.
         """
         split = self.dataset.split(subject, test=self.config.test_stories, val=self.config.val_stories)
         stories = split.train + split.test
@@ -402,7 +441,22 @@ class Trainer:
             mixed = self.model.mix_layers({k: torch.from_numpy(v) for k, v in vectors.items()})
             pretrained[story] = self.model.story_features(inp, mixed, self.config.batch_windows).cpu().numpy()
             tuned[story] = self.model.story_features(inp, None, self.config.batch_windows).cpu().numpy()
-        return {"baseline": self._ridge(pretrained, subject, split)[1], "tuned": self._ridge(tuned, subject, split)[1]}
+        weights = voxel_weights(self.config.roi_weights, self.dataset.roi_masks(subject), self.dataset.nan_voxels(subject))
+        outputs = np.flatnonzero(weights > 0)
+        responses = {s: self.dataset.responses(subject, s)[:, outputs] for s in split.train}
+        held_out, ceiling = held_out_responses(self.dataset, subject, split.test)
+        results = {}
+        for name, feats in (("baseline", pretrained), ("tuned", tuned)):
+            fit, results[name] = self._ridge(feats, subject, split)
+            fit = dataclasses.replace(fit, weights=fit.weights[:, outputs], y_mean=fit.y_mean[outputs])
+            readout = fit_bottleneck_readout({s: feats[s] for s in split.train}, responses, fit, weights[outputs],
+                                             self.config, self.device)
+            with torch.no_grad():
+                predicted = readout(torch.as_tensor(np.concatenate([feats[s] for s in split.test]), device=self.device))
+            full = np.full((len(predicted), len(weights)), np.nan, np.float32)
+            full[:, outputs] = predicted.float().cpu().numpy()
+            results[f"{name}_readout"] = score(full, held_out, self.dataset.roi_masks(subject), ceiling)
+        return results
 
     def probe(self) -> dict:
         """Word-level probes (:mod:`core.probes`) of the pretrained model and of the current one.

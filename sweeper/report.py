@@ -120,8 +120,8 @@ def load_sweep(client, experiment: str) -> Sweep:
     if not parents:
         raise ReportError(f"experiment {experiment!r} at {client.tracking_uri} has no sweep (no parent run)")
     first = next(iter(parents.values()))
-    folder = tempfile.mkdtemp(prefix="brainsweep-report-")
-    definition = yaml.safe_load(Path(client.download_artifacts(first.info.run_id, "search_space.yaml", folder)).read_text())
+    with tempfile.TemporaryDirectory(prefix="brainsweep-report-") as folder:
+        definition = yaml.safe_load(Path(client.download_artifacts(first.info.run_id, "search_space.yaml", folder)).read_text())
     trials = [
         TrialRun(trial_id=run.data.tags.get("trial_id", run.info.run_id), subject=run.data.tags.get("sweep.subject", ""),
                  params=dict(run.data.params), metrics=dict(run.data.metrics), status=run.info.status,
@@ -179,20 +179,21 @@ def _f(value: float, digits: int = 3, sign: bool = False) -> str:
 def sweep_table(sweep: Sweep) -> str:
     searched = _searched(sweep)
     metric = sweep.definition.get("objective", {}).get("metric", "best_val_r")
+    header = ["trial", *searched, metric, "test r", "frozen baseline r", "status"]
     lines = ["## Trials", ""]
     for subject in sweep.parents:
-        trials = [trial for trial in sweep.trials if trial.subject == subject]
-        lines += [f"### {subject}", "",
-                  "| trial | " + " | ".join(searched) + f" | {metric} | test r | frozen baseline r | status |",
-                  "|---|" + "---|" * len(searched) + "---|---|---|---|"]
-        for trial in trials:
-            status = "stopped early" if trial.stopped_early else trial.status.lower()
-            name = f"**{trial.trial_id}** (best)" if trial.best else trial.trial_id
-            lines.append(f"| {name} | " + " | ".join(trial.params.get(p, "") for p in searched)
-                         + f" | {_f(trial.metrics.get(metric, math.nan))} | {_f(trial.value('test_r'))}"
-                         + f" | {_f(trial.value('baseline_r'))} | {status} |")
+        lines += [f"### {subject}", "", _row(header), _row(["---"] * len(header))]
+        for trial in (trial for trial in sweep.trials if trial.subject == subject):
+            lines.append(_row([f"**{trial.trial_id}** (best)" if trial.best else trial.trial_id,
+                               *(trial.params.get(p, "") for p in searched), _f(trial.metrics.get(metric, math.nan)),
+                               _f(trial.value("test_r")), _f(trial.value("baseline_r")),
+                               "stopped early" if trial.stopped_early else trial.status.lower()]))
         lines.append("")
     return "\n".join(lines)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 # -- ROI-targeted tuning ----------------------------------------------------------------------
@@ -348,42 +349,47 @@ def transfer_report(sweep: Sweep) -> Report:
             best[subject] = next((t for t in trials if t.best), None) or max(trials, key=lambda t: t.value("best_val_r"))
     lines = ["## Cross-subject transfer", "",
              "Rows: the subject whose best tuned model gives the backbone; columns: the subject whose responses "
-             "are predicted by a new ridge readout on that backbone's features (test stories). The diagonal is "
-             "each subject's own tuned model; the first row the pretrained model. Cells: mean test r and the "
-             "change from the pretrained model.", ""]
+             "are predicted by a new readout on that backbone's features (test stories). The diagonal is each "
+             "subject's own tuned model; the first row the pretrained model. Cells: mean test r and the change "
+             "from the pretrained model.", ""]
     if len(best) < 2:
         return Report("\n".join(lines + ["Fewer than two subjects have a finished trial.", ""]))
-    targets = [s for s in subjects if s in best]
+    targets = list(best)
+    figures = {}
+    for readout, own, prefix in (("ridge", "test_r", "transfer"), ("bottleneck", "test_readout_r", "transfer_readout")):
+        table, figure = _transfer_matrix(best, targets, readout, own, prefix)
+        lines += table
+        if figure is not None:
+            name = f"transfer_{readout}.png"
+            figures[name] = figure
+            lines += [f"![transfer, {readout} readout]({name})", ""]
+    return Report("\n".join(lines), figures)
+
+
+def _transfer_matrix(best: dict[str, TrialRun], targets: list[str], readout: str, own: str, prefix: str):
+    """One readout's table and figure: ``prefix_r.<B>`` of A's best trial, ``own`` on the diagonal."""
+    base = prefix.replace("transfer", "transfer_baseline")
     pretrained = {}
     for target in targets:
-        # The pretrained reference of B, from any trial that transferred to B (or B's own baseline).
-        refs = [best[a].metrics.get(f"transfer_baseline_r.{target}") for a in targets if a != target]
+        refs = [best[a].metrics.get(f"{base}_r.{target}") for a in targets if a != target]
         refs = [r for r in refs if r is not None]
-        pretrained[target] = refs[0] if refs else best[target].value("baseline_r")
-    cells, deltas = [], []
-    for source in targets:
-        row = []
-        for target in targets:
-            key = "test_r" if source == target else f"transfer_r.{target}"
-            row.append(best[source].metrics.get(key, math.nan))
-        cells.append(row)
-        deltas.append([value - pretrained[target] for value, target in zip(row, targets)])
-    missing = [f"{s}->{t}" for s, row in zip(targets, cells) for t, v in zip(targets, row) if not math.isfinite(v)]
-    lines += ["| backbone \\ readout for | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets),
-              "| pretrained | " + " | ".join(_f(pretrained[t]) for t in targets) + " |"]
+        pretrained[target] = refs[0] if refs else math.nan
+    cells = [[best[a].metrics.get(own if a == b else f"{prefix}_r.{b}", math.nan) for b in targets] for a in targets]
+    if all(not math.isfinite(v) for row, a in zip(cells, targets) for v, b in zip(row, targets) if a != b):
+        return [f"### {readout.capitalize()} readout", "", "No transfer results (set `transfer_to:`).", ""], None
+    deltas = [[v - pretrained[b] for v, b in zip(row, targets)] for row in cells]
+    lines = [f"### {readout.capitalize()} readout", "", "| backbone \\ readout for | " + " | ".join(targets) + " |",
+             "|---|" + "---|" * len(targets), "| pretrained | " + " | ".join(_f(pretrained[t]) for t in targets) + " |"]
     for source, row, change in zip(targets, cells, deltas):
         lines.append(f"| {source} (tuned, trial {best[source].trial_id}) | "
                      + " | ".join(f"{_f(v)} ({_f(d, sign=True)})" for v, d in zip(row, change)) + " |")
-    if missing:
-        lines += ["", f"Missing pairs (no `transfer_to` for them in the best trial): {', '.join(missing)}."]
     lines.append("")
-    figures = {"transfer_matrix.png": plots.change_matrix(
+    figure = plots.change_matrix(
         deltas, cells, [f"{s} (tuned)" for s in targets], [f"{t}\npretrained {_f(pretrained[t])}" for t in targets],
-        title="Cross-subject transfer: test r, change from the pretrained model",
+        title=f"Cross-subject transfer, {readout} readout:\ntest r, change from the pretrained model",
         xlabel="readout fitted for (subject; pretrained r below)", ylabel="backbone tuned on",
-        change_label="test r minus pretrained-model r")}
-    lines += ["![transfer](transfer_matrix.png)", ""]
-    return Report("\n".join(lines), figures)
+        change_label="test r minus pretrained-model r")
+    return lines, figure
 
 
 # -- linear probes ------------------------------------------------------------------------------

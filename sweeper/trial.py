@@ -13,7 +13,8 @@ validation r of the best epoch so far), so Optuna and ASHA always find them:
   (test_r - baseline_r), ``loop_seconds`` (time inside the training loop) and
   ``done_training: 1``; with ``transfer_to``, for each other subject S
   ``transfer_r.S`` (a new ridge readout of S on this trial's tuned features) and
-  ``transfer_baseline_r.S`` (the same on pretrained features), each per ROI too; with
+  ``transfer_baseline_r.S`` (the same on pretrained features), ``transfer_readout_r.S`` and
+  ``transfer_baseline_readout_r.S`` (a bottleneck readout instead of ridge), each per ROI too; with
   ``probes``, ``probe_r.<family>.L<layer>`` (tuned) and ``probe_baseline_r.<family>.L<layer>``
   (pretrained): held-out r of word-level probes (:mod:`core.probes`).
 
@@ -103,6 +104,8 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
     for other, pair in summary.get("transfer", {}).items():
         metrics.update(_flat(f"transfer_r.{other}", pair["tuned"]))
         metrics.update(_flat(f"transfer_baseline_r.{other}", pair["baseline"]))
+        metrics.update(_flat(f"transfer_readout_r.{other}", pair["tuned_readout"]))
+        metrics.update(_flat(f"transfer_baseline_readout_r.{other}", pair["baseline_readout"]))
     for family, layers in summary.get("probes", {}).items():
         for layer, pair in layers.items():
             metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]

@@ -96,18 +96,22 @@ def test_transfer_report_pairs_every_backbone_with_every_subject(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record(uri, "transfer", "transfer", [
         {"subject": "UTS01", "params": {"lr": 0.01},
-         "metrics": {"test_r": 0.60, "baseline_r": 0.50, "transfer_r.UTS02": 0.57, "transfer_baseline_r.UTS02": 0.52}},
+         "metrics": {"test_r": 0.60, "baseline_r": 0.50, "transfer_r.UTS02": 0.57, "transfer_baseline_r.UTS02": 0.52,
+                     "test_readout_r": 0.59, "transfer_readout_r.UTS02": 0.56, "transfer_baseline_readout_r.UTS02": 0.51}},
         {"subject": "UTS02", "params": {"lr": 0.02},
-         "metrics": {"test_r": 0.58, "baseline_r": 0.52, "transfer_r.UTS01": 0.55, "transfer_baseline_r.UTS01": 0.50}},
+         "metrics": {"test_r": 0.58, "baseline_r": 0.52, "transfer_r.UTS01": 0.55, "transfer_baseline_r.UTS01": 0.50,
+                     "test_readout_r": 0.57, "transfer_readout_r.UTS01": 0.54, "transfer_baseline_readout_r.UTS01": 0.49}},
     ], subjects=("UTS01", "UTS02"))
 
     report = build(load_sweep(MlflowClient(uri), "transfer"))
 
-    lines = report.markdown.splitlines()
-    assert "| pretrained | 0.500 | 0.520 |" in lines
-    assert "| UTS01 (tuned, trial transfer_00000) | 0.600 (+0.100) | 0.570 (+0.050) |" in lines
-    assert "| UTS02 (tuned, trial transfer_00001) | 0.550 (+0.050) | 0.580 (+0.060) |" in lines
-    assert list(report.figures) == ["transfer_matrix.png"]
+    ridge, bottleneck = report.markdown.split("### Bottleneck readout")
+    assert "| pretrained | 0.500 | 0.520 |" in ridge.splitlines()
+    assert "| UTS01 (tuned, trial transfer_00000) | 0.600 (+0.100) | 0.570 (+0.050) |" in ridge.splitlines()
+    assert "| UTS02 (tuned, trial transfer_00001) | 0.550 (+0.050) | 0.580 (+0.060) |" in ridge.splitlines()
+    assert "| pretrained | 0.490 | 0.510 |" in bottleneck.splitlines()
+    assert "| UTS01 (tuned, trial transfer_00000) | 0.590 (+0.100) | 0.560 (+0.050) |" in bottleneck.splitlines()
+    assert list(report.figures) == ["transfer_ridge.png", "transfer_bottleneck.png"]
 
 
 def test_report_command_rebuilds_a_report_into_the_parent_runs(tmp_path):

@@ -42,9 +42,11 @@ def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other
     gains on UTS02's planted voxels as much as the teacher gives (0.728 -> 0.845)."""
     result = teacher_run.transfer("UTS02")
     high = _group(tiny_data, "UTS02", "high")
-    r = {name: np.nanmean(result[name].r[high]) for name in ("baseline", "tuned")}
+    r = {name: np.nanmean(result[name].r[high]) for name in result}
     assert 0.65 < r["baseline"] < 0.8
     assert r["tuned"] - r["baseline"] > 0.1
+    # The bottleneck readout (rank 8, no training epochs here: the ridge fit's best rank-8 map) too.
+    assert r["tuned_readout"] - r["baseline_readout"] > 0.1
     assert set(result["tuned"].summary["roi_mean_r"]) == set(Dataset(tiny_data).roi_masks("UTS02"))
 
 
@@ -53,7 +55,7 @@ def test_probes_of_the_planted_change_rise_where_it_was_planted_and_nothing_else
     assert set(scores) == {"acoustic", "planted", "unchanged"} and set(scores["planted"]) == {"1", "2", "3"}
     for family in scores:  # below the planted layer the backbone is the pretrained one
         for layer in ("1", "2"):
-            assert scores[family][layer]["tuned"] == scores[family][layer]["pretrained"]
+            assert scores[family][layer]["tuned"] == pytest.approx(scores[family][layer]["pretrained"], abs=1e-5)
     planted = scores["planted"]["3"]
     assert planted["tuned"] - planted["pretrained"] > 0.05  # measured 0.886 -> 1.000
     assert abs(scores["acoustic"]["3"]["tuned"] - scores["acoustic"]["3"]["pretrained"]) < 0.02
@@ -70,11 +72,12 @@ def test_a_run_with_transfer_and_probes_records_both_in_its_summary(tiny_data, t
     summary = Trainer(config, Dataset(tiny_data), "UTS01", tmp_path / "run").fit()
     pair = summary["transfer"]["UTS02"]
     # Epoch 0 is the pretrained model: transfer and probes equal their pretrained references.
-    assert list(summary["transfer"]) == ["UTS02"] and pair["tuned"]["mean_r"] == pair["baseline"]["mean_r"]
+    assert list(summary["transfer"]) == ["UTS02"]
+    assert pair["tuned"]["mean_r"] == pytest.approx(pair["baseline"]["mean_r"], abs=1e-5)
     assert {"AC", "left", "right"} <= set(pair["tuned"]["roi_mean_r"])
     assert set(summary["probes"]) == {"acoustic", "semantic"} and set(summary["probes"]["semantic"]) == {"3"}
     semantic = summary["probes"]["semantic"]["3"]
-    assert semantic["tuned"] == semantic["pretrained"] and abs(semantic["tuned"]) < 0.3  # random vectors
+    assert semantic["tuned"] == pytest.approx(semantic["pretrained"], abs=1e-5) and abs(semantic["tuned"]) < 0.3
 
 
 def test_mel_energies_put_a_tone_in_its_band():

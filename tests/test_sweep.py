@@ -133,5 +133,6 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
     assert results[1]["baseline_r"] == pytest.approx(results[2]["baseline_r"], abs=1e-6)
     for metric in ("transfer_baseline_r.UTS02", "probe_baseline_r.planted.L3", "probe_baseline_r.acoustic.L3"):
         assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-6), metric
-    for metric in ("test_r", "test_r.AC", "best_val_r", "transfer_r.UTS02", "probe_r.planted.L3"):
+    for metric in ("test_r", "test_r.AC", "best_val_r", "transfer_r.UTS02", "transfer_readout_r.UTS02",
+                   "probe_r.planted.L3"):
         assert results[1][metric] == pytest.approx(results[2][metric], abs=0.03), metric
