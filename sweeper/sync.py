@@ -14,7 +14,8 @@ trial's ``summary.json`` history still has it.
 
     python -m sweeper.sync --storage runs/demo [--tracking-uri URI]
 
-The tracking URI defaults to the one the sweep used (recorded in ``DIR/sweep.json``).
+The tracking URI defaults to the one the sweep used (recorded in ``DIR/sweep.json``). The
+sweep's report (:mod:`sweeper.report`) is then built again from the completed runs.
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
         raise TrackingError(f"MLflow at {uri}: {str(error).strip().splitlines()[0][:300]} "
                             "(nothing is lost: run this command again once it answers)") from None
     print(f"synced {counts['trials']} trials: {counts['points']} metric values added")
+    from .launch import write_report
+
+    write_report(uri, read_sweep_file(storage)["experiment"], storage.resolve() / "report")
     return 0
 
 

@@ -435,6 +435,7 @@ def test_killed_driver_resumes_and_what_mlflow_missed_is_synced_from_the_sweep_f
         return done.stdout
 
     assert "synced 3 trials" in sync()
+    assert (storage / "report" / "report.md").read_text().count("| finished |") == 3
     client = MlflowClient(mlflow_server.url)
     parents, children = _runs(client, "resumed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
