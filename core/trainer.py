@@ -28,7 +28,6 @@ checkpoints. Evaluation runs on every worker (it is cheap next to training).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import time
@@ -79,8 +78,18 @@ def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int)
     return blocks
 
 
-def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, weights: np.ndarray,
-                           config: TrainConfig, device: torch.device) -> Readout:
+def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge's map of voxels ``outputs`` with its standardisation folded in: ``x @ weight + bias``.
+
+    Returns weight of shape (n_features, len(outputs)) and bias of shape (len(outputs),).
+    """
+    scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
+    weight = fit.weights[:, outputs] * scale[:, None]
+    return weight, fit.y_mean[outputs] - (fit.x_mean * scale) @ fit.weights[:, outputs]
+
+
+def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, outputs: np.ndarray,
+                           weights: np.ndarray, config: TrainConfig, device: torch.device) -> Readout:
     """A readout (rank ``config.bottleneck``) trained on fixed features, as the trainer trains its own.
 
     It starts from the ridge fit (its best rank-k approximation, like the trainer's epoch
@@ -92,14 +101,13 @@ def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str,
     ----------
     features : story -> array of shape (n_trs, n_features), the training stories' features.
     responses : story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
-    fit : the ridge fit on those features (its weights restricted to the predicted voxels).
+    fit : the ridge fit on those features (all voxels).
+    outputs : int array of shape (n_outputs,), the voxels predicted.
     weights : array of shape (n_outputs,), the loss weight of each predicted voxel.
     """
     torch.manual_seed(config.seed)
-    n_in, n_out = fit.weights.shape
-    readout = Readout(n_in, n_out, config.bottleneck)
-    scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
-    readout.set_linear(fit.weights * scale[:, None], fit.y_mean - (fit.x_mean * scale) @ fit.weights)
+    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
+    readout.set_linear(*ridge_as_linear(fit, outputs))
     readout.to(device)
     optimizer = torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
     x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
@@ -264,11 +272,7 @@ class Trainer:
         return fit, result
 
     def _init_readout(self, fit) -> None:
-        """Fold ridge's standardisation into a linear map on our normalised features."""
-        scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
-        weight = fit.weights[:, self.outputs] * scale[:, None]
-        bias = fit.y_mean[self.outputs] - (fit.x_mean * scale) @ fit.weights[:, self.outputs]
-        self.model.readout.set_linear(weight, bias)
+        self.model.readout.set_linear(*ridge_as_linear(fit, self.outputs))
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -416,7 +420,7 @@ class Trainer:
         return self.evaluate()
 
     def transfer(self, subject: str) -> dict:
-        """Another subject's ridge readouts on the current model's features and on the pretrained model's.
+        """Another subject's readouts on the current model's features and on the pretrained model's.
 
         The cross-subject transfer of the paper: this run's backbone (as loaded: the best
         epoch in :meth:`evaluate`) is kept fixed and a new ridge readout is fitted on
@@ -448,9 +452,8 @@ class Trainer:
         results = {}
         for name, feats in (("baseline", pretrained), ("tuned", tuned)):
             fit, results[name] = self._ridge(feats, subject, split)
-            fit = dataclasses.replace(fit, weights=fit.weights[:, outputs], y_mean=fit.y_mean[outputs])
-            readout = fit_bottleneck_readout({s: feats[s] for s in split.train}, responses, fit, weights[outputs],
-                                             self.config, self.device)
+            readout = fit_bottleneck_readout({s: feats[s] for s in split.train}, responses, fit, outputs,
+                                             weights[outputs], self.config, self.device)
             with torch.no_grad():
                 predicted = readout(torch.as_tensor(np.concatenate([feats[s] for s in split.test]), device=self.device))
             full = np.full((len(predicted), len(weights)), np.nan, np.float32)
