@@ -257,7 +257,7 @@ class TrainConfig:
     def flat_params(self) -> dict[str, str | int | float]:
         """Every setting as one flat, readable value, for MLflow params.
 
-        Lists become ``"1,2,3"``, None becomes ``"none"``, and each ROI weight its own
+        Lists become ``"1,2,3"`` (``"[]"`` when empty), None becomes ``"none"``, and each ROI weight its own
         ``"roi_weight.<ROI>"`` entry (no such entry = whole cortex).
         """
         params = {}
@@ -267,7 +267,7 @@ class TrainConfig:
             elif value is None:
                 params[name] = "none"
             elif isinstance(value, list):
-                params[name] = ",".join(str(item) for item in value)
+                params[name] = ",".join(str(item) for item in value) if value else "[]"
             else:
                 params[name] = value
         return params

@@ -159,7 +159,7 @@ def test_flat_params():
     assert params["lora_layers"] == "1,2,3"
     assert params["delays"] == "1,2,3,4"
     assert params["lora_targets"] == "q_proj,k_proj,v_proj"
-    assert params["model"] == "none" and params["test_stories"] == "none"
+    assert params["model"] == "none" and params["test_stories"] == "none" and params["transfer_to"] == "[]"
     assert params["roi_weight.AC"] == 1.0 and params["roi_weight.rest"] == 0.25
     assert "roi_weights" not in params
     assert params["lr"] == 1e-4 and params["epochs"] == 20
