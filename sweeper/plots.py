@@ -176,7 +176,8 @@ def seed_spread(test_r: dict[str, list[float]], best_epoch: dict[str, list[float
         left.axhline(baseline, color=BASELINE_COLOR, linestyle="--", linewidth=1.5,
                      label=f"{BASELINE_LABEL}: {baseline:.3f}")
     left.plot([], [], "o", color="black", label="mean ± sd over seeds")
-    left.legend(loc="best", fontsize=8, frameon=False)
+    left.plot([], [], "o", color=TUNED_COLOR, alpha=0.7, label="one seed")
+    figure.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9, frameon=False)
     left.set_xlabel("configuration")
     right.set_xlabel("configuration")
     figure.suptitle(title)
