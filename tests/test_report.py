@@ -25,7 +25,8 @@ ROIS = ("AC", "left", "right")
 def record(uri: str, name: str, report: str, trials: list[dict], subjects=("UTS01",)) -> None:
     """Record a finished sweep: each trial dict has ``subject``, ``params`` and final ``metrics``."""
     sweep = {"name": name, "report": report, "objective": {"metric": "best_val_r", "mode": "max"}}
-    tracker = MLflowTracker(uri, name, None, sweep, list(subjects), trial_dir=lambda trial: None)
+    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"  # not ./mlruns in the working tree
+    tracker = MLflowTracker(uri, name, str(artifacts), sweep, list(subjects), trial_dir=lambda trial: None)
     tracker.setup()
     objects = []
     for i, spec in enumerate(trials):
