@@ -123,6 +123,9 @@ READOUT_INITS = ("ridge", "random")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
+# Word-level probe target families (core.probes), and the prefix of the semantic one.
+PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
+SEMANTIC_PROBE = "semantic:"
 REST = "rest"  # the roi_weights key for voxels in no named ROI
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -361,9 +364,9 @@ class TrainConfig:
         require(all(subject.strip() for subject in self.transfer_to) and len(set(self.transfer_to)) == len(self.transfer_to),
                 "transfer_to", "has an empty name or repeats", "subject names, each at most once")
         for family in self.probes:
-            require(family in ("acoustic", "planted", "unchanged") or
-                    (family.startswith("semantic:") and len(family) > len("semantic:")),
-                    "probes", f"{family!r} is not a target family", "acoustic, semantic:<GloVe file>, planted, unchanged")
+            require(family in PROBE_FAMILIES or (family.startswith(SEMANTIC_PROBE) and len(family) > len(SEMANTIC_PROBE)),
+                    "probes", f"{family!r} is not a target family",
+                    ", ".join([*PROBE_FAMILIES, f"{SEMANTIC_PROBE}<GloVe file>"]))
         if self.probe_layers is not None:
             require(len(self.probe_layers) >= 1 and _increasing_from_one(self.probe_layers), "probe_layers",
                     "is not sorted unique layers", "increasing layer numbers >= 1, or null")

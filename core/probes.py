@@ -31,6 +31,7 @@ import numpy as np
 
 from . import metrics
 from .audio import SAMPLE_RATE
+from .config import SEMANTIC_PROBE
 from .errors import ConfigError, DataError
 from .ridge import fit_ridge
 
@@ -177,8 +178,8 @@ def truth_layers(dataset) -> dict[str, int]:
 def check(names: list[str], dataset) -> None:
     """Fail early, before training, on a family that cannot be made (a missing file, no synthetic truth)."""
     for name in names:
-        if name.startswith("semantic:") and not Path(name.split(":", 1)[1]).is_file():
-            raise DataError(f"probes: {name.split(':', 1)[1]}: word-vector file not found")
+        if name.startswith(SEMANTIC_PROBE) and not Path(name[len(SEMANTIC_PROBE):]).is_file():
+            raise DataError(f"probes: {name[len(SEMANTIC_PROBE):]}: word-vector file not found")
         if name in ("planted", "unchanged"):
             truth_layers(dataset)
 
@@ -186,16 +187,13 @@ def check(names: list[str], dataset) -> None:
 def families(names: list[str], dataset, window_spec, device: str = "cpu") -> dict[str, Family]:
     """The target families named in a config's ``probes`` (see the module docstring)."""
     out = {}
-    for name in names:
+    for name in names:  # validated by TrainConfig: PROBE_FAMILIES or SEMANTIC_PROBE + a path
         if name == "acoustic":
             out[name] = acoustic_targets(dataset)
-        elif name.startswith("semantic:"):
-            out["semantic"] = semantic_targets(name.split(":", 1)[1])
-        elif name in ("planted", "unchanged"):
-            out[name] = teacher_targets(dataset, truth_layers(dataset)[name], window_spec, device)
+        elif name.startswith(SEMANTIC_PROBE):
+            out["semantic"] = semantic_targets(name[len(SEMANTIC_PROBE):])
         else:
-            raise ConfigError(f"probes: unknown target family {name!r} (known: acoustic, semantic:<file>, planted, "
-                              "unchanged)")
+            out[name] = teacher_targets(dataset, truth_layers(dataset)[name], window_spec, device)
     return out
 
 

@@ -78,6 +78,11 @@ def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int)
     return blocks
 
 
+def improves(epoch: int, val_r: float, best_val_r: float) -> bool:
+    """Whether an epoch becomes the best one: epoch 0 always, a later one with a finite, higher validation r."""
+    return epoch == 0 or bool(np.isfinite(val_r) and val_r > best_val_r)
+
+
 def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ridge's map of voxels ``outputs`` with its standardisation folded in: ``x @ weight + bias``.
 
@@ -352,8 +357,7 @@ class Trainer:
         record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(seconds, 2)}
         self.history.append(record)
         self.epoch = epoch
-        improved = np.isfinite(val["val_r"]) and val["val_r"] > self.best["val_r"]
-        if improved or epoch == 0:
+        if improves(epoch, val["val_r"], self.best["val_r"]):
             self.best = {"epoch": epoch, "val_r": val["val_r"]}
             self._save(self.out / "checkpoints" / "best.pt")
         self._save(self.out / "checkpoints" / "last.pt")
@@ -419,7 +423,7 @@ class Trainer:
             self._end_epoch(epoch, train_loss=loss, val=val, seconds=time.time() - started)
         return self.evaluate()
 
-    def transfer(self, subject: str) -> dict:
+    def transfer(self, subject: str, vectors: dict | None = None) -> dict:
         """Another subject's readouts on the current model's features and on the pretrained model's.
 
         The cross-subject transfer of the paper: this run's backbone (as loaded: the best
@@ -431,20 +435,27 @@ class Trainer:
         Each also gets a bottleneck readout trained on those fixed features
         (:func:`fit_bottleneck_readout`), the paper's readout.
 
+        ``vectors`` (story -> (pretrained, tuned) window vectors), shared between calls,
+        keeps a story's window vectors, which do not depend on the subject, from being
+        computed again for the next subject.
+
         Returns ``{"baseline", "tuned", "baseline_readout", "tuned_readout"}`` -> Evaluation.
         """
         split = self.dataset.split(subject, test=self.config.test_stories, val=self.config.val_stories)
         stories = split.train + split.test
+        vectors = {} if vectors is None else vectors
         frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
                                 batch_windows=self.config.batch_windows)
         pretrained, tuned = {}, {}
         for i, story in enumerate(stories):
             self.progress(f"transfer to {subject} [{i + 1}/{len(stories)}]: {story}")
             inp = self.model.prepare(story, self.dataset.audio(story), self.dataset.tr_times(subject, story), None)
-            _, vectors = frozen.window_features(self.dataset, story, self.model.readout_layers)
-            mixed = self.model.mix_layers({k: torch.from_numpy(v) for k, v in vectors.items()})
-            pretrained[story] = self.model.story_features(inp, mixed, self.config.batch_windows).cpu().numpy()
-            tuned[story] = self.model.story_features(inp, None, self.config.batch_windows).cpu().numpy()
+            if story not in vectors:
+                _, layers = frozen.window_features(self.dataset, story, self.model.readout_layers)
+                vectors[story] = (self.model.mix_layers({k: torch.from_numpy(v) for k, v in layers.items()}),
+                                  self.model.all_window_features(inp, self.config.batch_windows))
+            for features, window_vectors in zip((pretrained, tuned), vectors[story]):
+                features[story] = self.model.story_features(inp, window_vectors, self.config.batch_windows).cpu().numpy()
         weights = voxel_weights(self.config.roi_weights, self.dataset.roi_masks(subject), self.dataset.nan_voxels(subject))
         outputs = np.flatnonzero(weights > 0)
         responses = {s: self.dataset.responses(subject, s)[:, outputs] for s in split.train}
@@ -501,7 +512,9 @@ class Trainer:
         responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
         readout = score(np.concatenate([self._predict(feats[s]) for s in self.split.test]), responses,
                         self.roi_masks, ceiling)
-        transfer = {other: self.transfer(other) for other in self.config.transfer_to if other != self.subject}
+        shared: dict = {}
+        transfer = {other: self.transfer(other, shared) for other in self.config.transfer_to if other != self.subject}
+        del shared  # every story's window vectors: freed before the probes
         probed = self.probe() if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
         baseline = self._baseline_eval

@@ -266,6 +266,11 @@ def _cell(value: float, change: float | None, fraction: float) -> str:
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
+def _best_trial(trials: list[TrialRun]) -> TrialRun:
+    """The trial tagged best (by the sweep's objective), else the one with the best validation r."""
+    return next((trial for trial in trials if trial.best), None) or max(trials, key=lambda t: t.value("best_val_r"))
+
+
 def _best_per_label(trials: list[TrialRun], label, sweep: Sweep) -> dict[str, TrialRun]:
     """One trial per label: the best by the sweep's objective where a label was tried more than once."""
     objective = sweep.definition.get("objective", {})
@@ -346,7 +351,7 @@ def transfer_report(sweep: Sweep) -> Report:
     for subject in subjects:
         trials = sweep.finished(subject)
         if trials:
-            best[subject] = next((t for t in trials if t.best), None) or max(trials, key=lambda t: t.value("best_val_r"))
+            best[subject] = _best_trial(trials)
     lines = ["## Cross-subject transfer", "",
              "Rows: the subject whose best tuned model gives the backbone; columns: the subject whose responses "
              "are predicted by a new readout on that backbone's features (test stories). The diagonal is each "
@@ -417,7 +422,7 @@ def probes_report(sweep: Sweep) -> Report:
 
 
 def _probes_section(subject: str, trials: list[TrialRun]) -> tuple[list[str], dict]:
-    best = next((trial for trial in trials if trial.best), None) or max(trials, key=lambda t: t.value("best_val_r"))
+    best = _best_trial(trials)
     scores = probe_scores(best)
     lines = [f"### {subject} (trial {best.trial_id})", "", "| family | layer | pretrained r | tuned r | change |",
              "|---|---|---|---|---|"]

@@ -27,9 +27,11 @@ import os
 import sys
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from core.cli import progress, quiet_libraries, run
 from core.errors import BrainsweepError, ConfigError
-from mlflow.exceptions import MlflowException
+from core.trainer import improves
 
 from .trial import EpochReports
 
@@ -81,9 +83,8 @@ def trial_results(result_file: Path, summary_file: Path) -> list[dict]:
     reported = {row.get("epoch") for row in rows}
     reports, best = EpochReports(), {"epoch": 0, "val_r": -math.inf}
     for record in history:
-        value = record["val_r"]
-        if record["epoch"] == 0 or (value is not None and math.isfinite(value) and value > best["val_r"]):
-            best = {"epoch": record["epoch"], "val_r": value}
+        if improves(record["epoch"], record["val_r"], best["val_r"]):
+            best = {"epoch": record["epoch"], "val_r": record["val_r"]}
         flat = reports.epoch(dict(record, best_epoch=best["epoch"], best_val_r=best["val_r"]))
         if record["epoch"] not in reported:
             rows.append(flat)

@@ -203,14 +203,22 @@ class MLflowTracker(Callback):
             self._set_running(run_id)
 
     def _log_result(self, trial: Trial, result: dict, timestamp: int,
-                    recorded: dict[str, set[int]] | None = None) -> None:
-        """Log one result's metrics at its epoch; ``recorded`` (key -> steps) names points to leave out."""
+                    recorded: dict[str, set[int]] | None = None) -> int:
+        """Log one result's metrics at its epoch; returns how many.
+
+        ``recorded`` (key -> epochs already in MLflow) names points to leave out, and gains
+        the points logged.
+        """
         step = int(result["epoch"] if "epoch" in result else result.get("training_iteration", 0))
         metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()
-                   if step not in (recorded or {}).get(key, ())]
+                   if recorded is None or step not in recorded.get(key, ())]
         tags = [RunTag("node_id", result["node_id"])] if isinstance(result.get("node_id"), str) else []
         if metrics or tags:
             self.client.log_batch(self._child(trial), metrics=metrics, tags=tags)
+        if recorded is not None:
+            for metric in metrics:
+                recorded.setdefault(metric.key, set()).add(step)
+        return len(metrics)
 
     def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
         run_id = self._child(trial)
@@ -257,13 +265,7 @@ class MLflowTracker(Callback):
             run_id = self._child(trial)
             recorded = self._recorded_steps(run_id)
             timestamp = int(time.time() * 1000)
-            for result in results(trial):
-                self._log_result(trial, result, timestamp, recorded)
-                step = int(result.get("epoch", result.get("training_iteration", 0)))
-                for key in _numbers(result, METRIC_PREFIXES):
-                    if step not in recorded.setdefault(key, set()):
-                        recorded[key].add(step)
-                        points += 1
+            points += sum(self._log_result(trial, result, timestamp, recorded) for result in results(trial))
             if trial.status == Trial.TERMINATED:
                 self._finish_trial(trial, DONE_KEY not in (trial.last_result or {}))
             elif trial.status == Trial.ERROR:
