@@ -22,6 +22,7 @@ import torch
 
 from . import wavlm
 from .features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
+from .outputs import atomic_write
 
 CACHE_ENV = "BRAINSWEEP_CACHE"
 CACHE_VERSION = 1
@@ -281,8 +282,8 @@ class FrozenFeatures:
 
 
 def _save_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)

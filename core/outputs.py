@@ -41,6 +41,23 @@ def atomic_dir(out: str | os.PathLike):
         raise
 
 
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
+
+    ``path`` is either the old file or the complete new one, never half-written; on an
+    error the temporary file is removed and the error raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _jsonable(value):
     """JSON with NaN written as null (strict JSON has no NaN)."""
     if isinstance(value, dict):

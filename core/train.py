@@ -20,7 +20,6 @@ resumes an interrupted run where it stopped. Settings are documented in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import yaml
 from .cli import progress, run
 from .config import TrainConfig
 from .dataset import Dataset
-from .outputs import write_json, write_voxel_results
+from .outputs import atomic_write, write_json, write_voxel_results
 from .trainer import Trainer
 
 
@@ -45,9 +44,7 @@ def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
         ("config.yaml", lambda p: p.write_text(yaml.safe_dump(summary["config"], sort_keys=False))),
         ("summary.json", lambda p: write_json(p, summary)),
     ]:
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        write(tmp)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, write)
 
 
 def main(argv=None) -> int:
