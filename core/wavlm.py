@@ -9,14 +9,15 @@ checkpoint's modules and weights unchanged; nothing in transformers is patched.
 ``tests/test_wavlm.py`` checks it against transformers' own outputs.
 
 It also stops at the read-out layer: layers above it are never computed, and it skips
-the SpecAugment masking that ``WavLMModel.forward`` applies in training mode.
+the SpecAugment masking that ``WavLMModel.forward`` applies in training mode. LayerDrop
+(``config.layerdrop``) works as in transformers: in training mode only.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import WavLMConfig, WavLMModel
+from transformers import AutoConfig, WavLMConfig, WavLMModel
 
 from .errors import ConfigError
 
@@ -25,22 +26,51 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
                dtype: torch.dtype = torch.float32) -> WavLMModel:
     """Load a WavLM checkpoint (local folder or hub id) with its CNN frozen.
 
+    Only checkpoints of ``model_type`` "wavlm" are accepted, and every weight of the
+    backbone must come from the checkpoint: another family (HuBERT, wav2vec2) would
+    otherwise load "successfully", with WavLM's gated relative position weights drawn at
+    random (transformers only warns). Weights the checkpoint has beyond the backbone are
+    ignored: a task head (``lm_head`` of a CTC model) and ``masked_spec_embed``, which we
+    do not build because SpecAugment masking is off.
+
     Parameters
     ----------
     model : str
         Anything ``WavLMModel.from_pretrained`` accepts.
     layerdrop : float
-        Set explicitly: the checkpoints ship 0.1, which skips layers at random in training.
-        (Our :func:`encode` never drops layers; this only keeps the config honest.)
+        Probability that :func:`encode` skips a layer (not the first) in training mode.
+        Set explicitly: the checkpoints ship 0.1.
     dropout : float
         The model's own dropout (attention, hidden, activation, feature projection) in
         training mode; checkpoints ship 0.1. In eval mode there is none either way.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint cannot be read, is not a WavLM, or lacks (or has unknown) weights
+        of the backbone.
     """
-    rates = dict.fromkeys(("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout"), dropout)
     try:
-        net = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, dtype=dtype, **rates)
+        model_type = AutoConfig.from_pretrained(model).model_type
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    if model_type != "wavlm":
+        raise ConfigError(f"{model!r} is a {model_type!r} checkpoint; only WavLM checkpoints (model_type 'wavlm', "
+                          f"e.g. microsoft/wavlm-base-plus) are supported")
+    rates = dict.fromkeys(("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout"), dropout)
+    try:
+        net, info = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, mask_feature_prob=0.0,
+                                               dtype=dtype, output_loading_info=True, **rates)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    backbone = tuple(f"{name}." for name, _ in net.named_children())
+    unexpected = [k for k in info["unexpected_keys"] if k.removeprefix(f"{net.base_model_prefix}.").startswith(backbone)]
+    for kind, keys in (("lacks", info["missing_keys"]), ("has unknown", unexpected)):
+        if keys:
+            keys = sorted(keys)
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            raise ConfigError(f"WavLM checkpoint {model!r} {kind} weights of the backbone: "
+                              f"{', '.join(keys[:5])}{more}")
     net.feature_extractor._freeze_parameters()
     return net.eval()
 
@@ -157,6 +187,10 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
     ``k`` is ``hidden_states[k]`` of transformers' ``WavLMModel`` (0 = input to the first
     layer; for pre-LN checkpoints the last layer's output is taken before the encoder's
     final LayerNorm, as transformers records it).
+
+    In training mode (``model.training``) each layer but the first is skipped with
+    probability ``model.config.layerdrop`` (a skipped layer's state equals its input);
+    in eval mode no layer is ever skipped.
     """
     config = model.config
     if not 0 <= n_layers <= config.num_hidden_layers:
@@ -170,7 +204,13 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
     hidden = enc.dropout(hidden)
     states = [hidden]
     position_bias = None
-    for layer in enc.layers[:n_layers]:
+    for i, layer in enumerate(enc.layers[:n_layers]):
+        # LayerDrop as in transformers' WavLMEncoder: never the first layer (its relative
+        # position embedding makes the bias the others reuse), one torch.rand draw per
+        # later layer, so the skips follow torch's seed.
+        if model.training and i > 0 and config.layerdrop > 0 and torch.rand([]) < config.layerdrop:
+            states.append(hidden)
+            continue
         hidden, position_bias = encoder_layer(layer, hidden, position_bias, stable)
         states.append(hidden)
     return states

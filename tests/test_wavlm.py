@@ -7,12 +7,14 @@ Our forward pass (:func:`core.wavlm.encode`) is checked against transformers' ow
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from transformers import WavLMConfig, WavLMModel
+from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMForCTC, WavLMModel
 
 import core.extract as extract
 from core import wavlm
@@ -216,6 +218,79 @@ def test_load_wavlm_missing_path(tmp_path):
     assert str(missing) in str(err.value)
 
 
+def test_load_wavlm_refuses_another_model_type(tmp_path):
+    """A HuBERT checkpoint would load as a WavLM with random gated-bias weights (issue 13)."""
+    path = tmp_path / "tiny_hubert"
+    HubertModel(HubertConfig(hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                             conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+                ).save_pretrained(path)
+    with pytest.raises(ConfigError, match=r"is a 'hubert' checkpoint; only WavLM checkpoints \(model_type 'wavlm'") as err:
+        wavlm.load_wavlm(str(path))
+    assert str(path) in str(err.value)
+
+
+def edit_weights(src, dst, edit) -> None:
+    """Copy checkpoint folder ``src`` to ``dst`` with ``edit(state_dict)`` applied to its weights."""
+    shutil.copytree(src, dst)
+    weights = safetensors.torch.load_file(dst / "model.safetensors")
+    edit(weights)
+    safetensors.torch.save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: w.pop("encoder.layers.1.attention.gru_rel_pos_const"),
+     r"lacks weights of the backbone: encoder\.layers\.1\.attention\.gru_rel_pos_const$"),
+    (lambda w: w.update({"encoder.layers.0.attention.extra.weight": torch.zeros(2)}),
+     r"has unknown weights of the backbone: encoder\.layers\.0\.attention\.extra\.weight$"),
+], ids=["missing", "unknown"])
+def test_load_wavlm_refuses_incomplete_checkpoint(saved_model, tmp_path, edit, message):
+    edit_weights(saved_model, tmp_path / "edited", edit)
+    with pytest.raises(ConfigError, match=message) as err:
+        wavlm.load_wavlm(str(tmp_path / "edited"))
+    assert str(tmp_path / "edited") in str(err.value)
+
+
+def test_load_wavlm_ignores_a_task_head(tmp_path):
+    """A fine-tuned CTC checkpoint carries a head (and masking weights) beyond the backbone: fine."""
+    torch.manual_seed(0)
+    ctc = WavLMForCTC(tiny_config(vocab_size=12, mask_time_prob=0.05)).eval()
+    ctc.save_pretrained(tmp_path / "ctc")
+    loaded = wavlm.load_wavlm(str(tmp_path / "ctc"))
+    x = torch.from_numpy(random_audio(0.5))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).last_hidden_state, ctc.wavlm(x).last_hidden_state, rtol=0, atol=0)
+
+
+# ---- layer drop -----------------------------------------------------------------------
+
+
+def test_layerdrop_in_training_follows_transformers_and_torch_seed():
+    """In training mode our encode() skips the same layers as transformers' encoder under the same seed."""
+    model = tiny_model(layerdrop=0.5, mask_time_prob=0.0, hidden_dropout=0.0, attention_dropout=0.0,
+                       activation_dropout=0.0, feat_proj_dropout=0.0).train()
+    x = torch.from_numpy(random_audio(0.5, seed=9))[None]
+    with torch.no_grad():
+        cnn = wavlm.cnn_features(model, x)
+        full = wavlm.encode(model.eval(), cnn, N_LAYERS)[-1]
+        model.train()
+        patterns = set()
+        for seed in range(8):
+            torch.manual_seed(seed)
+            expected = model(x).last_hidden_state
+            torch.manual_seed(seed)
+            states = wavlm.encode(model, cnn, N_LAYERS)
+            torch.testing.assert_close(states[-1], expected, rtol=0, atol=1e-5)
+            skipped = tuple(torch.equal(states[k], states[k - 1]) for k in range(1, N_LAYERS + 1))
+            assert not skipped[0]  # the first layer is never dropped
+            patterns.add(skipped)
+        assert len(patterns) > 1 and (False,) * N_LAYERS in patterns  # some runs drop layers, some do not
+
+        model.eval()  # never at evaluation
+        for seed in range(4):
+            torch.manual_seed(seed)
+            assert torch.equal(wavlm.encode(model, cnn, N_LAYERS)[-1], full)
+
+
 # ---- LoRA (BRIEF section 5) -----------------------------------------------------------
 
 LORA_MODULES = ("q_proj", "k_proj", "v_proj")
@@ -330,7 +405,7 @@ def tiny_dataset(tmp_path_factory):
     n_trs = 9  # row 8 is at 27.1 s of audio
     write_responses(root / "derivative" / "preprocessed_data" / SUBJECT / f"{STORY}.hf5",
                     np.random.default_rng(8).standard_normal((n_trs, 5)))
-    write_respdict(root / "derivative" / "respdict.json", {STORY: n_trs + 15})
+    write_respdict(root / "derivative" / "respdict.json", {STORY: n_trs})  # a trimmed respdict
     return Dataset(root)
 
 
