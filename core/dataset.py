@@ -20,8 +20,21 @@ end, so row ``i`` is untrimmed TR ``i + trim_start``, at
     ``(i + trim_start) * tr + tr / 2 - sound_start``
 
 seconds on the audio file's clock (:meth:`Dataset.tr_times`). With the defaults, row 0 is
-at 11.04725 s of audio. ``respdict.json`` holds the untrimmed count (rows + 15); a count
-equal to the rows is accepted too.
+at 11.04725 s of audio. ``tr`` defaults to the scanner's 2.0045 s; the reference tooling
+uses 2.0 s (``Dataset(root, tr=2.0)``), which puts row ``i`` ``(i + 10) * 0.0045 + 0.00225``
+s earlier (1.397 s at row 300).
+
+respdict.json
+-------------
+ds003020's ``respdict.json`` holds rows + 20 per story. The reference tooling
+(``load_simulated_trfiles(respdict, start_time=10, pad=5)``) simulates respdict - 5 TRs
+(``RESPDICT_PAD``), and ``apply_zscore_and_hrf`` cuts ``[5 + 5:-5]`` of them, i.e.
+``trim_start`` (10) and ``trim_end`` (5), so
+
+    ``respdict = rows + trim_start + trim_end + RESPDICT_PAD = rows + 20``.
+
+A count equal to the rows (a trimmed respdict) is accepted too; any other count is an
+error.
 
 Every problem with the files raises :class:`core.errors.DataError` with a one-line
 message naming the file, the subject or story, and what was expected. docs/data.md
@@ -30,6 +43,7 @@ describes the layout, the ROI mask file and how to export it from pycortex.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -41,18 +55,21 @@ import h5py
 import numpy as np
 
 from core.audio import SAMPLE_RATE, read_wav, resample, wav_duration, write_wav
+from core.cache import cache_root
 from core.errors import DataError
+from core.outputs import atomic_write
 from core.textgrid import Interval, read_textgrid, write_textgrid
 
 __all__ = [
-    "TR", "TRIM_START", "TRIM_END", "SOUND_START", "SAMPLE_RATE", "PAPER_TEST", "PAPER_VAL",
-    "Interval", "Split", "Dataset",
+    "TR", "TRIM_START", "TRIM_END", "RESPDICT_PAD", "SOUND_START", "SAMPLE_RATE",
+    "PAPER_TEST", "PAPER_VAL", "Interval", "Split", "Dataset",
     "write_wav", "write_responses", "write_roi_masks", "write_textgrid", "write_respdict",
 ]
 
 TR = 2.0045  # seconds between fMRI volumes
 TRIM_START = 10  # TRs removed from the start of each story's responses
 TRIM_END = 5  # TRs removed from the end
+RESPDICT_PAD = 5  # TRs at the end of respdict's count that the reference tooling never simulates
 SOUND_START = 10.0  # seconds from the scan's start to the audio's start
 PAPER_TEST = ("wheretheressmoke",)
 PAPER_VAL = ("fromboyhoodtofatherhood", "onapproachtopluto")
@@ -206,16 +223,51 @@ class Dataset:
 
     # ---- responses ---------------------------------------------------------------------
 
+    def response_shape(self, subject: str, story: str) -> tuple[int, int]:
+        """``(n_trs, n_voxels)`` of the subject's response file for the story (header only)."""
+        path = self.responses_path(subject, story)
+        with _open_hdf5(path) as f:
+            return _data(f, path).shape
+
+    def respdict(self) -> dict[str, int]:
+        """``derivative/respdict.json`` as {story: TR count}; {} when the file is absent."""
+        path = self._respdict_path
+        if not path.exists():
+            return {}
+        try:
+            counts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: not a readable JSON file ({_one_line(e)})") from None
+        if not isinstance(counts, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in counts.values()
+        ):
+            raise DataError(f"{path}: expected an object mapping story names to TR counts")
+        return counts
+
+    def respdict_count(self, n_trs: int) -> int:
+        """The count ds003020's respdict.json holds for a story of ``n_trs`` rows.
+
+        ``n_trs + trim_start + trim_end + RESPDICT_PAD`` (rows + 20 with the defaults; see
+        the module docstring).
+        """
+        return n_trs + self.trim_start + self.trim_end + RESPDICT_PAD
+
     def n_trs(self, subject: str, story: str) -> int:
         """Rows of the subject's (trimmed) responses to the story.
 
         Raises DataError when ``respdict.json`` lists the story with a count that is
-        neither the rows nor the rows plus ``trim_start + trim_end``.
+        neither :meth:`respdict_count` (rows + 20 with the defaults) nor the rows.
         """
-        path = self.responses_path(subject, story)
-        with _open_hdf5(path) as f:
-            n_trs = _data(f, path).shape[0]
-        self._check_respdict(story, n_trs, path)
+        n_trs = self.response_shape(subject, story)[0]
+        listed = self.respdict().get(story)
+        expected = self.respdict_count(n_trs)
+        if listed is not None and listed not in (expected, n_trs):
+            raise DataError(
+                f"{self._respdict_path}: {story!r} has {listed} TRs, but "
+                f"{self.responses_path(subject, story)} has {n_trs} rows; expected {expected} "
+                f"(rows + trim_start {self.trim_start} + trim_end {self.trim_end} + the "
+                f"reference's pad {RESPDICT_PAD}) or {n_trs} (rows)"
+            )
         return n_trs
 
     def n_voxels(self, subject: str) -> int:
@@ -227,11 +279,10 @@ class Dataset:
             The subject has no response files, or one story's count differs from the
             most common one (the message names that story's file).
         """
-        counts = {}
-        for story in self.stories(subject):
-            path = self.responses_path(subject, story)
-            with _open_hdf5(path) as f:
-                counts[path] = _data(f, path).shape[1]
+        counts = {
+            self.responses_path(subject, story): self.response_shape(subject, story)[1]
+            for story in self.stories(subject)
+        }
         if not counts:
             raise DataError(
                 f"{self._responses_dir / subject}: no .hf5 response files for {subject}"
@@ -243,15 +294,17 @@ class Dataset:
         return usual
 
     def responses(
-        self, subject: str, story: str, voxels: np.ndarray | None = None
+        self, subject: str, story: str, voxels: np.ndarray | slice | None = None
     ) -> np.ndarray:
-        """The subject's responses to the story, read from disk in blocks of rows.
+        """The subject's responses to the story.
 
         Parameters
         ----------
-        voxels : array of shape (n_voxels,) bool, or (n_selected,) int, optional
-            Which voxel columns to return; all by default. Only these columns are kept
-            in memory.
+        voxels : slice, or array of shape (n_voxels,) bool, or (n_selected,) int, optional
+            Which voxel columns to return; all by default. A slice (step 1) is read as one
+            HDF5 hyperslab ``data[:, a:b]``, so streaming voxel blocks never reads whole
+            rows; masks and indices are read in blocks of rows, keeping only the selected
+            columns. Either way only the returned columns are held in memory.
 
         Returns
         -------
@@ -264,13 +317,13 @@ class Dataset:
             return _read_voxels(data, _voxel_index(voxels, data.shape[1], path))
 
     def repeats(
-        self, subject: str, story: str, voxels: np.ndarray | None = None
+        self, subject: str, story: str, voxels: np.ndarray | slice | None = None
     ) -> np.ndarray | None:
         """Single-repeat responses (for the noise ceiling), where the file has them.
 
         Parameters
         ----------
-        voxels : array of shape (n_voxels,) bool, or (n_selected,) int, optional
+        voxels : slice, or array of shape (n_voxels,) bool, or (n_selected,) int, optional
             As in :meth:`responses`.
 
         Returns
@@ -285,6 +338,13 @@ class Dataset:
                 return None
             return _read_voxels(repeats, _voxel_index(voxels, repeats.shape[2], path))
 
+    def n_repeats(self, subject: str, story: str) -> int:
+        """How many single repeats the story's response file holds (0 without any)."""
+        path = self.responses_path(subject, story)
+        with _open_hdf5(path) as f:
+            repeats = _repeats(f, path)
+            return 0 if repeats is None else repeats.shape[0]
+
     def tr_times(self, subject: str, story: str) -> np.ndarray:
         """Time of each response row on the audio file's clock (see the module docstring).
 
@@ -293,13 +353,41 @@ class Dataset:
         tr_times : array of shape (n_trs,), float64
             ``(i + trim_start) * tr + tr / 2 - sound_start`` for row ``i``, in seconds.
         """
-        rows = np.arange(self.n_trs(subject, story), dtype=np.float64)
-        return (rows + self.trim_start) * self.tr + self.tr / 2 - self.sound_start
+        return self._row_times(self.n_trs(subject, story))
+
+    def audio_margin(self, subject: str, story: str) -> float:
+        """Seconds by which the story's audio outlasts its last response row's time.
+
+        Negative when the sound ends before the last row, so that the rows after its end
+        have no sound of their own. Counts the rows from the response file alone, so it
+        works whether or not respdict.json agrees.
+        """
+        duration, last_row = self._audio_and_last_row(subject, story)
+        return duration - last_row
+
+    def check_audio(self, subject: str, story: str) -> None:
+        """Raise DataError when the audio ends more than 5 TRs before the last row's time.
+
+        Features at a row read the sound up to ``max(delays)`` (4) TRs earlier, so a
+        sound ending a few TRs before the last row still feeds every row; a larger gap
+        means a wrong TR, trim or sound start, or a truncated file.
+        """
+        duration, last_row = self._audio_and_last_row(subject, story)
+        needed = last_row - _MAX_AUDIO_SHORTFALL_TRS * self.tr
+        if duration < needed:
+            raise DataError(
+                f"{self.audio_path(story)}: {duration:.2f} s of audio, but {subject}/{story} "
+                f"has a TR at {last_row:.2f} s, so at least {needed:.2f} s were expected "
+                f"(tr={self.tr}, sound_start={self.sound_start}, trim_start={self.trim_start})"
+            )
 
     def nan_voxels(self, subject: str, stories: Sequence[str] | None = None) -> np.ndarray:
         """Voxels with a NaN anywhere in the given stories' responses (all stories by default).
 
-        Each file is read once, in blocks of rows.
+        Each file's own mask is cached under ``$BRAINSWEEP_CACHE/nan_voxels`` (default
+        ``~/.cache/brainsweep``), keyed by the file's resolved path, size and modification
+        time: a file is read in full (in blocks of rows) only the first time and after it
+        changes.
 
         Returns
         -------
@@ -307,11 +395,33 @@ class Dataset:
         """
         has_nan = np.zeros(self.n_voxels(subject), dtype=bool)
         for story in self.stories(subject) if stories is None else stories:
-            path = self.responses_path(subject, story)
-            with _open_hdf5(path) as f:
-                for _, block in _row_blocks(_data(f, path)):
-                    has_nan |= np.isnan(block).any(axis=0)
+            has_nan |= _cached_nan_mask(self.responses_path(subject, story))
         return has_nan
+
+    def roi_names(self, subject: str) -> list[str]:
+        """Names of the subject's ROI masks in ``derivative/rois/<SUBJECT>.hf5`` ([] if absent)."""
+        path = self.roi_path(subject)
+        if not path.exists():
+            self.stories(subject)  # an unknown subject is still an error
+            return []
+        with _open_hdf5(path) as f:
+            return list(f)
+
+    def roi_mask(self, subject: str, name: str) -> np.ndarray:
+        """One of the subject's ROI masks, checked as in :meth:`roi_masks`.
+
+        Returns
+        -------
+        roi_mask : array of shape (n_voxels,), bool
+        """
+        if name not in self.roi_names(subject):
+            raise DataError(
+                f"{self.roi_path(subject)}: no ROI {name!r} for {subject}; "
+                f"its ROIs: {_listing(self.roi_names(subject))}"
+            )
+        path = self.roi_path(subject)
+        with _open_hdf5(path) as f:
+            return _roi_mask(f[name], name, self.n_voxels(subject), subject, path)
 
     def roi_masks(self, subject: str) -> dict[str, np.ndarray]:
         """The subject's ROI masks from ``derivative/rois/<SUBJECT>.hf5`` ({} if absent).
@@ -327,15 +437,13 @@ class Dataset:
             An entry is not a 1-D dataset of length n_voxels holding booleans or 0/1
             integers.
         """
-        path = self.roi_path(subject)
-        if not path.exists():
-            self.stories(subject)  # an unknown subject is still an error
+        names = self.roi_names(subject)
+        if not names:
             return {}
         n_voxels = self.n_voxels(subject)
+        path = self.roi_path(subject)
         with _open_hdf5(path) as f:
-            return {
-                name: _roi_mask(item, name, n_voxels, subject, path) for name, item in f.items()
-            }
+            return {name: _roi_mask(f[name], name, n_voxels, subject, path) for name in names}
 
     # ---- splits and checks -------------------------------------------------------------
 
@@ -386,22 +494,15 @@ class Dataset:
         Checks that every response file opens and has a 2-D ``data`` (and well-shaped
         ``individual_repeats`` if present), voxel counts agree, ``respdict.json`` agrees
         with the rows, every story has audio lasting until at least 5 TRs before its last
-        TR time, and the ROI masks have one value per voxel.
+        TR time (:meth:`check_audio`), and the ROI masks have one value per voxel. Reads
+        file headers only; ``python -m core.check`` also reads the data and reports every
+        problem at once.
         """
         self.n_voxels(subject)
         for story in self.stories(subject):
-            path = self.responses_path(subject, story)
-            with _open_hdf5(path) as f:
-                _repeats(f, path)
-            last_tr = self.tr_times(subject, story)[-1]
-            needed = last_tr - _MAX_AUDIO_SHORTFALL_TRS * self.tr
-            duration = self.audio_duration(story)
-            if duration < needed:
-                raise DataError(
-                    f"{self.audio_path(story)}: {duration:.2f} s of audio, but {subject}/{story} "
-                    f"has a TR at {last_tr:.2f} s, so at least {needed:.2f} s were expected "
-                    f"(tr={self.tr}, sound_start={self.sound_start}, trim_start={self.trim_start})"
-                )
+            self.n_repeats(subject, story)
+            self.n_trs(subject, story)
+            self.check_audio(subject, story)
         self.roi_masks(subject)
 
     # ---- helpers -----------------------------------------------------------------------
@@ -429,28 +530,14 @@ class Dataset:
             f"found tiers: {_listing(tiers)}"
         )
 
-    def _check_respdict(self, story: str, n_trs: int, path: Path) -> None:
-        counts = self._respdict()
-        untrimmed = n_trs + self.trim_start + self.trim_end
-        if story in counts and counts[story] not in (n_trs, untrimmed):
-            raise DataError(
-                f"{self._respdict_path}: {story!r} has {counts[story]} TRs, but {path} has "
-                f"{n_trs} rows (expected {untrimmed} untrimmed or {n_trs} trimmed)"
-            )
+    def _row_times(self, n_trs: int) -> np.ndarray:
+        rows = np.arange(n_trs, dtype=np.float64)
+        return (rows + self.trim_start) * self.tr + self.tr / 2 - self.sound_start
 
-    def _respdict(self) -> dict[str, int]:
-        path = self._respdict_path
-        if not path.exists():
-            return {}
-        try:
-            counts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable JSON file ({_one_line(e)})") from None
-        if not isinstance(counts, dict) or not all(
-            isinstance(n, int) and not isinstance(n, bool) for n in counts.values()
-        ):
-            raise DataError(f"{path}: expected an object mapping story names to TR counts")
-        return counts
+    def _audio_and_last_row(self, subject: str, story: str) -> tuple[float, float]:
+        """The audio's duration and the last response row's time, in seconds."""
+        last_row = self._row_times(self.response_shape(subject, story)[0])[-1]
+        return self.audio_duration(story), float(last_row)
 
     def _split_part(
         self,
@@ -555,10 +642,24 @@ def _repeats(f: h5py.File, path: Path) -> h5py.Dataset | None:
     return repeats
 
 
-def _voxel_index(voxels: np.ndarray | None, n_voxels: int, path: Path) -> np.ndarray | slice:
-    """A column index for ``voxels`` (bool mask or int indices), checked against n_voxels."""
+def _voxel_index(
+    voxels: np.ndarray | slice | None, n_voxels: int, path: Path
+) -> np.ndarray | slice:
+    """A column index for ``voxels``, checked against n_voxels.
+
+    ``None`` and slices become a ``slice(start, stop)`` with ``0 <= start <= stop <=
+    n_voxels`` (slices clip as in numpy); bool masks become int indices.
+    """
     if voxels is None:
-        return slice(None)
+        return slice(0, n_voxels)
+    if isinstance(voxels, slice):
+        start, stop, step = voxels.indices(n_voxels)
+        if step != 1:
+            raise DataError(
+                f"{path}: voxel slice {voxels} has step {step}; slices must be contiguous "
+                "(pass int indices for other selections)"
+            )
+        return slice(start, max(start, stop))
     voxels = np.asarray(voxels)
     if voxels.dtype == bool:
         if voxels.shape != (n_voxels,):
@@ -568,7 +669,7 @@ def _voxel_index(voxels: np.ndarray | None, n_voxels: int, path: Path) -> np.nda
         return np.flatnonzero(voxels)
     if not np.issubdtype(voxels.dtype, np.integer) or voxels.ndim != 1:
         raise DataError(
-            f"{path}: voxels must be a bool mask or 1-D int indices, "
+            f"{path}: voxels must be a slice, a bool mask or 1-D int indices, "
             f"found {voxels.dtype} of shape {voxels.shape}"
         )
     if voxels.size and (voxels.min() < -n_voxels or voxels.max() >= n_voxels):
@@ -593,16 +694,54 @@ def _row_blocks(dataset: h5py.Dataset) -> Iterator[tuple[tuple, np.ndarray]]:
 def _read_voxels(dataset: h5py.Dataset, columns: np.ndarray | slice) -> np.ndarray:
     """Columns of ``dataset`` (..., n_trs, n_voxels) as float32 (..., n_trs, n_selected).
 
-    Response files are stored row by row, so every row must be read either way; reading
-    blocks of rows and keeping only the selected columns bounds the memory to the output
-    plus one block (h5py's own fancy indexing is slow for thousands of columns).
+    A contiguous slice is one hyperslab that HDF5 reads and converts to float32 straight
+    into the output. Scattered columns are gathered from blocks of rows, which bounds the
+    memory to the output plus one block (h5py's own fancy indexing is slow for thousands
+    of columns).
     """
-    n_voxels = dataset.shape[-1]
-    n_selected = len(range(n_voxels)[columns]) if isinstance(columns, slice) else len(columns)
-    out = np.empty(dataset.shape[:-1] + (n_selected,), dtype=np.float32)
+    if isinstance(columns, slice):
+        out = np.empty(dataset.shape[:-1] + (columns.stop - columns.start,), dtype=np.float32)
+        if out.size:
+            dataset.read_direct(out, np.s_[..., columns])
+        return out
+    out = np.empty(dataset.shape[:-1] + (len(columns),), dtype=np.float32)
     for index, block in _row_blocks(dataset):
         out[index] = block[..., columns]
     return out
+
+
+def _cached_nan_mask(path: Path) -> np.ndarray:
+    """Which columns of one response file's ``data`` hold a NaN: (n_voxels,) bool.
+
+    Cached as ``nan_voxels/<key>.npy`` under :func:`core.cache.cache_root`, the key
+    hashing the file's resolved path, size and modification time (ns), so a changed file
+    is read again. Written atomically; a cache that cannot be written only costs a re-read.
+    """
+    stat = path.stat()
+    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    cached = cache_root() / "nan_voxels" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+    with _open_hdf5(path) as f:
+        data = _data(f, path)
+        if cached.is_file():
+            try:
+                mask = np.load(cached)
+            except (OSError, ValueError):
+                mask = None
+            if mask is not None and mask.dtype == bool and mask.shape == (data.shape[1],):
+                return mask
+        mask = np.zeros(data.shape[1], dtype=bool)
+        for _, block in _row_blocks(data):
+            mask |= np.isnan(block).any(axis=0)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            np.save(out, mask)
+
+    try:
+        atomic_write(cached, write)
+    except OSError:
+        pass
+    return mask
 
 
 def _roi_mask(

@@ -165,8 +165,10 @@ def all_window_features(
 def to_trs(window_features: np.ndarray, window_times: np.ndarray, tr_times: np.ndarray, delays=DELAYS) -> np.ndarray:
     """Window features -> delayed, z-scored features at the response TRs.
 
-    Lanczos-interpolates to ``tr_times`` extended by ``max(delays)`` earlier TRs, z-scores
-    each feature over the story, then stacks the delays.
+    Lanczos-interpolates to ``tr_times`` extended by ``max(delays)`` earlier TRs,
+    z-scores each feature with the mean and standard deviation of the story's own rows
+    (the ``n_trs`` response TRs, as the reference tooling does, not the history rows
+    before them), applies that to every row, then stacks the delays.
 
     Parameters
     ----------
@@ -178,9 +180,10 @@ def to_trs(window_features: np.ndarray, window_times: np.ndarray, tr_times: np.n
     -------
     float32 array of shape (n_trs, len(delays) * n_features)
     """
-    op = LanczosOperator(window_times, extended_tr_times(tr_times, max(delays)))
+    history = max(delays)
+    op = LanczosOperator(window_times, extended_tr_times(tr_times, history))
     trs = op(torch.from_numpy(np.asarray(window_features, dtype=np.float32))).double().numpy()
-    return delay_features(zscore(trs), delays).astype(np.float32)
+    return delay_features(zscore(trs, rows=slice(history, None)), delays).astype(np.float32)
 
 
 def model_fingerprint(model) -> str:

@@ -207,11 +207,22 @@ def delay_features(x: torch.Tensor | np.ndarray, delays=DELAYS):
     return torch.cat(blocks, dim=1) if isinstance(x, torch.Tensor) else np.concatenate(blocks, axis=1)
 
 
-def zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Z-score along ``axis``; constant columns become 0 (not NaN)."""
+def zscore(x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    """Z-score each column with the mean and standard deviation of ``x[rows]``.
+
+    Parameters
+    ----------
+    x : array of shape (n_rows, n_features)
+    rows : slice
+        The rows whose statistics are used (all by default); every row is scaled.
+
+    Returns
+    -------
+    float64 array of shape (n_rows, n_features); constant columns become 0 (not NaN).
+    """
     x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=axis, keepdims=True)
-    std = x.std(axis=axis, keepdims=True)
+    mean = x[rows].mean(axis=0, keepdims=True)
+    std = x[rows].std(axis=0, keepdims=True)
     return np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
 
 

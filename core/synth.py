@@ -349,7 +349,7 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
             signals[subject][story] = x_low @ r["w_low"] + x_high @ r["w_high"]
 
     ds.write_respdict(root / "derivative" / "respdict.json",
-                      {story: n + ds.TRIM_START + ds.TRIM_END for story, n in stories.items()})
+                      {story: n + ds.TRIM_START + ds.TRIM_END + ds.RESPDICT_PAD for story, n in stories.items()})
     truth = {"spec": json.loads(json.dumps(asdict(spec))), "groups": list(GROUPS), "delays": list(DELAYS),
              "hrf_fir": list(HRF_FIR), "test_story": TEST_STORY, "val_stories": list(VAL_STORIES),
              "model": "pretrained", "teacher": "truth/teacher",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def _build(root: Path) -> None:
             data = _responses(rng, subject, story)
             repeats = np.stack([data, data + 1, data - 1]) if story in PAPER_TEST else None
             write_responses(root / PRE / subject / f"{story}.hf5", data, repeats)
-    write_respdict(root / "derivative" / "respdict.json", {s: n + 15 for s, n in N_TRS.items()})
+    # ds003020's convention: rows + 20 (UTS03's treasureisland: 414 for 394 rows).
+    write_respdict(root / "derivative" / "respdict.json", {s: n + 20 for s, n in N_TRS.items()})
     voxels = np.arange(N_VOXELS)
     write_roi_masks(
         root / "derivative" / "rois" / "UTS01.hf5",
@@ -159,9 +161,23 @@ def test_listing(ds):
     assert ds.n_trs("UTS02", "beta") == N_TRS["beta"]
 
 
-def test_validate_passes(ds):
-    for subject in ds.subjects:
-        ds.validate(subject)
+def test_validate_accepts_audio_ending_up_to_5_trs_before_the_last_row(copy):
+    """The audio of the built dataset (rows + 15 TRs of scan less the 10 s sound start)
+    passes; cut to end exactly 5 TRs before the last row it still passes, and 10 ms
+    shorter it is refused."""
+    for subject in Dataset(copy).subjects:
+        Dataset(copy).validate(subject)
+    last_row = Dataset(copy).tr_times("UTS01", "alpha")[-1]
+    assert Dataset(copy).audio_margin("UTS01", "alpha") == pytest.approx(
+        _audio_seconds("alpha") - last_row, abs=1 / SAMPLE_RATE
+    )
+    for seconds, accepted in ((last_row - 5 * TR + 0.001, True), (last_row - 5 * TR - 0.01, False)):
+        write_wav(copy / ALPHA_WAV, _tone(seconds, SAMPLE_RATE))
+        if accepted:
+            Dataset(copy).validate("UTS01")
+        else:
+            with pytest.raises(DataError, match="alpha.wav"):
+                Dataset(copy).validate("UTS01")
 
 
 def test_responses_round_trip(ds):
@@ -182,6 +198,34 @@ def test_voxel_selection_matches_full_read(ds, monkeypatch):
     repeats = ds.repeats("UTS01", "wheretheressmoke", voxels=mask)
     assert repeats.shape == (3, N_TRS["wheretheressmoke"], mask.sum())
     np.testing.assert_array_equal(repeats[1], full[:, mask] + 1)
+
+
+@pytest.mark.parametrize("block", [slice(5, 17), slice(40, None), slice(-3, None), slice(7, 7)])
+def test_voxel_slices_match_full_read(ds, block):
+    full = ds.responses("UTS01", "wheretheressmoke")
+    selected = ds.responses("UTS01", "wheretheressmoke", voxels=block)
+    assert selected.dtype == np.float32
+    np.testing.assert_array_equal(selected, full[:, block])
+    repeats = ds.repeats("UTS01", "wheretheressmoke", voxels=block)
+    np.testing.assert_array_equal(repeats, ds.repeats("UTS01", "wheretheressmoke")[:, :, block])
+
+
+def test_voxel_slice_of_float64_file_is_float32(tmp_path):
+    """Files written by other tools may hold float64; a slice still comes back as float32."""
+    root = tmp_path / "ds"
+    (root / "stimuli").mkdir(parents=True)
+    (root / PRE / "UTS01").mkdir(parents=True)
+    data = np.random.default_rng(4).standard_normal((6, 9))
+    with h5py.File(root / PRE / "UTS01" / "a.hf5", "w") as f:
+        f["data"] = data
+    block = Dataset(root).responses("UTS01", "a", voxels=slice(2, 6))
+    assert block.dtype == np.float32
+    np.testing.assert_array_equal(block, data[:, 2:6].astype(np.float32))
+
+
+def test_voxel_slice_must_be_contiguous(ds):
+    with pytest.raises(DataError, match="alpha.hf5.*contiguous"):
+        ds.responses("UTS01", "alpha", voxels=slice(0, 10, 2))
 
 
 def test_repeats_absent_is_none(ds):
@@ -291,10 +335,53 @@ def test_nan_voxels(ds):
     assert not ds.nan_voxels("UTS02").any()
 
 
-def test_respdict_may_hold_trimmed_counts(copy):
-    write_respdict(copy / "derivative" / "respdict.json", {"alpha": N_TRS["alpha"]})
-    assert Dataset(copy).n_trs("UTS01", "alpha") == N_TRS["alpha"]
-    (copy / "derivative" / "respdict.json").unlink()
+def test_nan_voxels_are_cached_per_file_until_it_changes(copy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BRAINSWEEP_CACHE", str(cache))
+    ds = Dataset(copy)
+    expected = [NAN_EVERYWHERE, NAN_IN_ALPHA]
+    assert np.flatnonzero(ds.nan_voxels("UTS01")).tolist() == expected
+    assert len(list((cache / "nan_voxels").glob("*.npy"))) == len(SUBJECT_STORIES["UTS01"])
+
+    # New values in place: same size, and the modification time put back. The second
+    # call reads only the cache, so it still reports the old mask...
+    path = copy / ALPHA_HF5
+    stat = path.stat()
+    with h5py.File(path, "a") as f:
+        f["data"][:, NAN_IN_ALPHA] = 0.0
+        f["data"][2, 30] = np.nan
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert np.flatnonzero(ds.nan_voxels("UTS01")).tolist() == expected
+
+    # ...and once the file's time changes, it is read again.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert np.flatnonzero(ds.nan_voxels("UTS01")).tolist() == [NAN_EVERYWHERE, 30]
+    assert np.flatnonzero(ds.nan_voxels("UTS01", ["alpha"])).tolist() == [NAN_EVERYWHERE, 30]
+
+
+@pytest.mark.parametrize("offset", [0, 20])
+def test_respdict_holds_rows_plus_20_or_rows(copy, offset):
+    n = N_TRS["alpha"]
+    write_respdict(copy / RESPDICT, {"alpha": n + offset})
+    assert Dataset(copy).n_trs("UTS01", "alpha") == n
+    assert Dataset(copy).tr_times("UTS01", "alpha").shape == (n,)
+
+
+@pytest.mark.parametrize("offset", [15, 19, 21, -1])
+def test_respdict_other_counts_are_refused(copy, offset):
+    n = N_TRS["alpha"]
+    write_respdict(copy / RESPDICT, {"alpha": n + offset})
+    with pytest.raises(DataError) as error:
+        Dataset(copy).n_trs("UTS01", "alpha")
+    message = str(error.value)
+    for part in (str(copy / RESPDICT), "'alpha'", f"{n + offset} TRs", str(copy / ALPHA_HF5),
+                 f"{n} rows", f"expected {n + 20}"):
+        assert part in message
+
+
+def test_respdict_absent_is_fine(copy):
+    (copy / RESPDICT).unlink()
     assert Dataset(copy).n_trs("UTS01", "alpha") == N_TRS["alpha"]
 
 

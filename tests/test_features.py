@@ -234,3 +234,35 @@ def test_zscore_constant_column_is_zero():
     np.testing.assert_array_equal(z[:, 1], 0.0)
     np.testing.assert_allclose(z[:, [0, 2]].mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(z[:, [0, 2]].std(axis=0), 1.0, rtol=1e-12)
+
+
+def test_zscore_uses_the_statistics_of_the_given_rows():
+    x = np.random.default_rng(4).standard_normal((40, 3)) * [1.0, 2.0, 3.0] + [0.0, 5.0, -1.0]
+    z = zscore(x, rows=slice(4, None))
+    own = x[4:]
+    np.testing.assert_allclose(z, (x - own.mean(axis=0)) / own.std(axis=0), rtol=1e-12)
+
+
+# ---- the ridge protocol's features ----------------------------------------------------
+
+
+@pytest.mark.parametrize("n_trs", [30, 150])
+def test_to_trs_matches_the_reference_pipeline(story, n_trs):
+    """Dense Lanczos onto the response TRs and max(delays) earlier ones, z-scored with the
+    statistics of the story's own rows (as ``apply_zscore_and_hrf`` z-scores the trimmed
+    story), then delayed: the history rows only feed the delays."""
+    from core.extract import to_trs
+
+    window_times, trs, x = story
+    trs = trs[:n_trs]
+    delays = (0, *DELAYS)
+    m = max(delays)
+    interpolated = ref_lanczosinterp2D(x, window_times, extended_tr_times(trs, m))
+    own = interpolated[m:]
+    expected = ref_make_delayed((interpolated - own.mean(axis=0)) / own.std(axis=0), delays)[m:]
+    actual = to_trs(x, window_times, trs, delays)
+    assert actual.dtype == np.float32 and actual.shape == (n_trs, len(delays) * x.shape[1])
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5)
+    # The delay-0 block is the story's own rows: exactly mean 0 and unit variance.
+    np.testing.assert_allclose(actual[:, : x.shape[1]].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(actual[:, : x.shape[1]].std(axis=0), 1.0, rtol=1e-5)
