@@ -9,8 +9,8 @@ call EC2/IAM through boto3) and is not run here.
 
 Then what the schema cannot know: every search space fits on the cluster's nodes, the
 image and the setup commands pin the Ray we run, the setup installs this project, the
-services stay on private addresses, the node roles exist for every node type, and the
-files hold no secrets.
+start commands' options exist in the installed Ray and MLflow, every node reaches the
+tracking server, the services stay on private addresses, and the files hold no secrets.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ ONPREM = ROOT / "cluster-onprem.yaml"
 FILES = [AWS, ONPREM]
 DOCS = ROOT / "docs" / "cluster.md"
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
-SHARED = "/mnt/shared"
-PLACEHOLDER = re.compile(r"REPLACE_WITH_[A-Z0-9_]+")
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -145,12 +143,6 @@ def test_schema_rejects_fractional_resources():
         validate_config(prepare_config(config))
 
 
-def test_resources_are_integers():
-    for name, node in load(AWS)["available_node_types"].items():
-        for key, value in node["resources"].items():
-            assert isinstance(value, int) and not isinstance(value, bool) and value >= 0, (name, key, value)
-
-
 def test_same_setup_on_both_clusters():
     aws, onprem = load(AWS), load(ONPREM)
     for key in ("setup_commands", "file_mounts", "head_start_ray_commands", "worker_start_ray_commands"):
@@ -209,13 +201,6 @@ def test_every_search_space_fits_the_aws_nodes(space):
             assert copies(request, res) == math.floor(res["GPU"] / spec.gpus_per_worker + 1e-9), (
                 f"{space.name} on {name}: {res} runs {copies(request, res)} trial worker(s) at once, "
                 f"leaving GPUs idle")
-
-
-def test_paper_space_is_one_trial_per_gpu_node():
-    spec = load_spec(ROOT / "search_spaces" / "paper.yaml")
-    gpu = load(AWS)["available_node_types"]["gpu"]["resources"]
-    assert (spec.workers, spec.cpus_per_worker, spec.gpus_per_worker) == (1, 8, 1)
-    assert gpu == {"CPU": 8, "GPU": 1}
 
 
 def test_onprem_resources_are_detected_per_machine():
@@ -287,10 +272,6 @@ def test_file_mount_source_has_what_pip_needs():
     for needed in ("pyproject.toml", PROJECT["readme"], "core/__init__.py", "sweeper/__init__.py",
                    "search_spaces/paper.yaml"):
         assert needed in files, needed
-    for path in FILES:
-        text = path.read_text()
-        source = load(path)["file_mounts"]["~/brainsweep"]
-        assert f"git archive HEAD | tar -x -C {source}" in text
 
 
 def test_ray_and_mlflow_options_exist():
@@ -315,25 +296,22 @@ def test_ray_and_mlflow_options_exist():
 
 # --- storage, services, roles ---------------------------------------------------------------------------------
 
-def test_shared_storage_in_every_container(cluster):
-    config = load(cluster)
-    run_options = " ".join(config["docker"]["run_options"])
-    assert f"--volume {SHARED}:{SHARED}" in run_options
-    assert f"HF_HOME={SHARED}/" in run_options and f"BRAINSWEEP_CACHE={SHARED}/" in run_options
-    assert any("mount" in cmd and SHARED in cmd for cmd in config["initialization_commands"])
-
-
 def test_mlflow_server_on_the_head(cluster):
+    """Every node's tracking URI reaches the server the head starts, which keeps its store
+    on the shared volume, with one worker (SQLite takes one writer)."""
     config = load(cluster)
     (server,) = invocations(config["head_start_ray_commands"], "mlflow", "server")
     opts = options(server)
-    assert opts["--backend-store-uri"] == f"sqlite:///{SHARED}/mlflow/mlflow.db"
-    assert opts["--artifacts-destination"].startswith(f"{SHARED}/mlflow/")
-    assert opts["--port"] == "5000" and opts["--workers"] == "1"
+    shared = {v.split(":")[0] for v in re.findall(r"--volume (\S+)", " ".join(config["docker"]["run_options"]))}
+    store = opts["--backend-store-uri"].removeprefix("sqlite:///")
+    assert opts["--backend-store-uri"].startswith("sqlite:///")
+    assert any(store.startswith(f"{v}/") for v in shared) and any(
+        opts["--artifacts-destination"].startswith(f"{v}/") for v in shared), (opts, shared)
+    assert opts["--workers"] == "1"
     head = " ".join(config["head_start_ray_commands"])
     workers = " ".join(config["worker_start_ray_commands"])
-    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
-    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in workers
+    assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{opts['--port']}" in head
+    assert f"MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:{opts['--port']}" in workers
 
 
 def test_only_ssh_is_exposed(cluster):
@@ -348,14 +326,7 @@ def test_only_ssh_is_exposed(cluster):
         assert "SecurityGroupIds" not in node["node_config"], "Ray's own group: cluster-internal + SSH only"
 
 
-def test_every_aws_node_type_has_an_instance_profile():
-    nodes = load(AWS)["available_node_types"]
-    for name, node in nodes.items():
-        arn = node["node_config"].get("IamInstanceProfile", {}).get("Arn", "")
-        assert re.fullmatch(r"arn:aws:iam::(\d{12}|REPLACE_WITH_ACCOUNT_ID):instance-profile/[\w+=,.@-]+", arn), (name, arn)
-
-
-# --- secrets and placeholders ---------------------------------------------------------------------------------
+# --- secrets ---------------------------------------------------------------------------------------------
 
 SECRETS = [
     re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),                             # AWS access key ids
@@ -382,10 +353,3 @@ def test_secret_scanner_finds_planted_secrets():
 @pytest.mark.parametrize("path", FILES + [DOCS], ids=lambda p: p.name)
 def test_no_secrets(path):
     assert not secrets_in(path.read_text()), secrets_in(path.read_text())
-
-
-def test_placeholders_are_documented():
-    docs = DOCS.read_text()
-    for path in FILES:
-        for name in set(PLACEHOLDER.findall(path.read_text())):
-            assert name in docs, f"{path.name}: placeholder {name} is not explained in docs/cluster.md"

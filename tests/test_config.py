@@ -167,20 +167,20 @@ def test_flat_params():
     assert not any(key.startswith("roi_weight") for key in TrainConfig().flat_params())
 
 
-SUBJECT = dict(n_layers=12, roi_names=["AC", "Broca"], story_trs={"short": 8, "long": 300})
+SUBJECT = dict(n_layers=12, roi_names=["AC", "Broca"], story_trs={"short": 10, "long": 300})  # block_trs defaults to 10
 
 
-def test_check_against_accepts_a_fitting_config():
-    TrainConfig(readout_layer=12, roi_weights={"AC": 1, "rest": 0.1}, block_trs=8).check_against(**SUBJECT)
-
-
-@pytest.mark.parametrize("settings, message", [
-    (dict(readout_layer=13), r"readout_layer: is above the model's 12 layers"),
-    (dict(readout_layer=5, lora_layers=[3, 7]),
-     r"lora_layers: layer 7 is above readout_layer 5: its output would never be read"),
-    (dict(roi_weights={"V1": 1.0}), r"roi_weights: 'V1' is not one of the subject's ROIs .*AC, Broca, rest"),
-    (dict(block_trs=9), r"block_trs: is longer than story 'short' \(8 TRs\)"),
-])
-def test_check_against_errors(settings, message):
+@pytest.mark.parametrize("at_limit, past_limit, message", [
+    (dict(readout_layer=12), dict(readout_layer=13), r"readout_layer: is above the model's 12 layers"),
+    (dict(probe_layers=[1, 12]), dict(probe_layers=[1, 13]), r"probe_layers: is above the model's 12 layers"),
+    (dict(readout_layer=5, lora_layers=[3, 5]), dict(readout_layer=5, lora_layers=[3, 6]),
+     r"lora_layers: layer 6 is above readout_layer 5: its output would never be read"),
+    (dict(roi_weights={"AC": 1, "Broca": 2, "rest": 0.1}), dict(roi_weights={"AC": 1, "V1": 1.0}),
+     r"roi_weights: 'V1' is not one of the subject's ROIs .*AC, Broca, rest"),
+    (dict(block_trs=10), dict(block_trs=11), r"block_trs: is longer than story 'short' \(10 TRs\)"),
+], ids=["readout_layer", "probe_layers", "lora_layers", "roi_weights", "block_trs"])
+def test_check_against_limits(at_limit, past_limit, message):
+    """Each check accepts a config at its limit and refuses one a step past it (an off-by-one fails here)."""
+    assert TrainConfig(**at_limit).check_against(**SUBJECT) is None
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**settings).check_against(**SUBJECT)
+        TrainConfig(**past_limit).check_against(**SUBJECT)
