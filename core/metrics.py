@@ -1,7 +1,9 @@
 """Encoding-model metrics: per-voxel and spatial correlation, ROI summaries, noise ceiling.
 
 All functions take numpy arrays (or anything ``np.asarray`` accepts), compute in float64
-and return numpy arrays or floats. Voxels whose responses contain NaN (common in
+and return numpy arrays or floats. Per-voxel and per-TR metrics convert their input to
+float64 one block at a time (:data:`BLOCK_ELEMENTS` values), so scoring ~95,000 voxels
+needs no float64 copy of them all. Voxels whose responses contain NaN (common in
 ds003020: voxels outside the brain mask of some sessions) give NaN, never an error, and
 every summary ignores them.
 
@@ -27,9 +29,18 @@ import numpy as np
 # turn estimation noise into huge fractions.
 MIN_CEILING = 0.05
 
+#: Values converted to float64 at once (32 MiB): the block size of the per-voxel metrics.
+BLOCK_ELEMENTS = 2**22
+
+
+def _blocks(n: int, other: int) -> list[slice]:
+    """Consecutive slices of ``range(n)`` whose blocks of ``other`` values each stay under BLOCK_ELEMENTS."""
+    width = max(1, BLOCK_ELEMENTS // max(other, 1))
+    return [slice(start, min(start + width, n)) for start in range(0, n, width)]
+
 
 def _as_2d(name: str, array) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float64)
+    array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"{name} must have shape (n_trs, n_voxels); got shape {array.shape}")
     return array
@@ -95,9 +106,14 @@ def pearson_r(pred, actual) -> np.ndarray:
     """
     pred, actual = _as_2d("pred", pred), _as_2d("actual", actual)
     _check_same_shape(pred, actual)
-    valid = np.isfinite(pred).all(axis=0) & np.isfinite(actual).all(axis=0)
     r = np.full(pred.shape[1], np.nan)
-    r[valid] = _correlate_columns(pred[:, valid], actual[:, valid])
+    for block in _blocks(pred.shape[1], pred.shape[0]):
+        p = pred[:, block].astype(np.float64)
+        a = actual[:, block].astype(np.float64)
+        valid = np.isfinite(p).all(axis=0) & np.isfinite(a).all(axis=0)
+        r_block = np.full(p.shape[1], np.nan)
+        r_block[valid] = _correlate_columns(p[:, valid], a[:, valid])
+        r[block] = r_block
     return r
 
 
@@ -124,9 +140,15 @@ def spatial_r(pred, actual) -> np.ndarray:
     _check_same_shape(pred, actual)
     keep = ~np.isnan(actual).any(axis=0)
     r = np.full(pred.shape[0], np.nan)
-    rows_ok = np.isfinite(pred[:, keep]).all(axis=1) & np.isfinite(actual[:, keep]).all(axis=1)
-    if keep.sum() >= 2:
-        r[rows_ok] = _correlate_columns(pred[rows_ok][:, keep].T, actual[rows_ok][:, keep].T)
+    if keep.sum() < 2:
+        return r
+    for block in _blocks(pred.shape[0], int(keep.sum())):
+        p = pred[block][:, keep].astype(np.float64)
+        a = actual[block][:, keep].astype(np.float64)
+        rows_ok = np.isfinite(p).all(axis=1) & np.isfinite(a).all(axis=1)
+        r_block = np.full(p.shape[0], np.nan)
+        r_block[rows_ok] = _correlate_columns(p[rows_ok].T, a[rows_ok].T)
+        r[block] = r_block
     return r
 
 
@@ -187,23 +209,28 @@ def _signal_and_total_variance(repeats) -> tuple[np.ndarray, np.ndarray, int]:
         NaN for voxels with a NaN in any repeat.
     n_repeats : int
     """
-    repeats = np.asarray(repeats, dtype=np.float64)
+    repeats = np.asarray(repeats)
     if repeats.ndim != 3:
         raise ValueError(
             f"repeats must have shape (n_repeats, n_trs, n_voxels); got shape {repeats.shape}"
         )
-    n_repeats, n_trs, _ = repeats.shape
+    n_repeats, n_trs, n_voxels = repeats.shape
     if n_repeats < 2 or n_trs < 2:
         raise ValueError(
             f"a noise ceiling needs at least 2 repeats of at least 2 TRs; got shape {repeats.shape}"
         )
-    total_var = repeats.var(axis=1, ddof=1).mean(axis=0)
-    mean_var = repeats.mean(axis=0).var(axis=0, ddof=1)
-    signal_var = (n_repeats * mean_var - total_var) / (n_repeats - 1)
-    # NaN propagates through var/mean already; inf must not pose as a ceiling.
-    bad = ~np.isfinite(repeats).all(axis=(0, 1))
-    signal_var[bad] = np.nan
-    total_var[bad] = np.nan
+    signal_var = np.empty(n_voxels)
+    total_var = np.empty(n_voxels)
+    for block in _blocks(n_voxels, n_repeats * n_trs):
+        values = repeats[..., block].astype(np.float64)
+        total = values.var(axis=1, ddof=1).mean(axis=0)
+        mean_var = values.mean(axis=0).var(axis=0, ddof=1)
+        signal = (n_repeats * mean_var - total) / (n_repeats - 1)
+        # NaN propagates through var/mean already; inf must not pose as a ceiling.
+        bad = ~np.isfinite(values).all(axis=(0, 1))
+        signal[bad] = np.nan
+        total[bad] = np.nan
+        signal_var[block], total_var[block] = signal, total
     return signal_var, total_var, n_repeats
 
 

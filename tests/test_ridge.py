@@ -1,8 +1,12 @@
-"""Ridge with per-voxel alphas: checked against scikit-learn and simulations with known truth."""
+"""Ridge with per-voxel alphas: checked against scikit-learn, himalaya and simulations with known truth."""
+
+import warnings
 
 import numpy as np
 import pytest
-from himalaya.backend import get_backend, set_backend
+from himalaya.backend import set_backend
+from himalaya.ridge import solve_ridge_cv_svd
+from himalaya.scoring import r2_score
 from sklearn.linear_model import Ridge
 
 from core.metrics import pearson_r
@@ -50,13 +54,109 @@ def test_single_alpha_matches_sklearn_on_standardised_data(backend):
     np.testing.assert_allclose(fit.predict(X), Xz @ reference + Y.mean(0), rtol=1e-4, atol=1e-3)
 
 
+def test_backends_agree_and_unknown_backend_is_named():
+    X, Y = _linear_data(n_trs=300, n_voxels=5)
+    fits = [fit_ridge(X, Y, backend=backend) for backend in ("numpy", "torch")]
+    np.testing.assert_array_equal(fits[0].alphas, fits[1].alphas)
+    np.testing.assert_allclose(fits[0].weights, fits[1].weights, rtol=1e-6)
+    assert isinstance(fits[0].weights, np.ndarray) and isinstance(fits[0].alphas, np.ndarray)
+    with pytest.raises(ValueError, match="'cupy'"):
+        fit_ridge(X, Y, backend="cupy")
+
+
+def _voxels_with_varied_noise(n_trs=600, n_features=40, n_voxels=60, seed=5):
+    """Every voxel carries signal (so its CV curve has a clear peak), at noise levels 0.3..30."""
+    noise_sd = np.geomspace(0.3, 30, n_voxels)
+    X, Y = _linear_data(n_trs=n_trs, n_features=n_features, n_voxels=n_voxels, noise_sd=noise_sd, seed=seed)
+    X[:, 2] = -1.5  # a constant feature
+    Y[:, 3] = np.nan  # a NaN voxel
+    Y[40, 11] = np.inf  # one bad TR makes a NaN voxel too
+    return X, Y
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_is_restored(backend):
+def test_matches_himalaya_cross_validation(backend):
+    X, Y = _voxels_with_varied_noise()
+    splits = chunk_splits(X.shape[0], seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = fit_ridge(X, Y, splits=splits, backend=backend)
+
+    # himalaya on the same standardised X and finite voxels, centring on each training fold.
+    good = np.isfinite(Y).all(axis=0)
+    Xz = np.zeros_like(X)
+    varying = X.std(0) > 0
+    Xz[:, varying] = (X[:, varying] - X[:, varying].mean(0)) / X[:, varying].std(0)
     set_backend("numpy")
-    X, Y = _linear_data(n_trs=200, n_voxels=2)
-    fit = fit_ridge(X, Y, backend=backend)
-    assert get_backend().name == "numpy"
-    assert isinstance(fit.weights, np.ndarray) and isinstance(fit.alphas, np.ndarray)
+    best, coefs, scores, intercept = solve_ridge_cv_svd(
+        Xz.astype(np.float32), Y[:, good].astype(np.float32), alphas=ALPHAS.astype(np.float32),
+        fit_intercept=True, score_func=r2_score, cv=splits, warn=False)
+    reference_alphas = ALPHAS[np.abs(np.log(best)[:, None] - np.log(ALPHAS)).argmin(axis=1)]
+    coefs[~varying] = 0.0
+
+    np.testing.assert_array_equal(fit.alphas[good], reference_alphas)
+    assert len(np.unique(reference_alphas)) >= 4  # the grid search has something to choose
+    np.testing.assert_allclose(fit.cv_scores[good], scores[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fit.weights[:, good], coefs, rtol=1e-4, atol=1e-4 * np.abs(coefs).max())
+    np.testing.assert_allclose(fit.y_mean[good], intercept, rtol=1e-4)
+    assert np.isnan(fit.alphas[~good]).all() and (fit.weights[:, ~good] == 0).all()
+    assert (fit.weights[2] == 0).all()
+
+
+class _BlockReader:
+    """The block protocol fit_ridge reads Y through, recording which blocks were asked for."""
+
+    def __init__(self, Y):
+        self._Y = Y
+        self.shape = Y.shape
+        self.requests = []
+
+    def block(self, start, stop):
+        self.requests.append((start, stop))
+        return self._Y[:, start:stop].astype(np.float32)
+
+
+def test_voxel_blocks_give_the_same_fit():
+    X, Y = _voxels_with_varied_noise(n_voxels=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        whole = fit_ridge(X, Y)
+        for voxel_block in (1, 7, 32):
+            reader = _BlockReader(Y)
+            fit = fit_ridge(X, reader, voxel_block=voxel_block)
+            assert max(stop - start for start, stop in reader.requests) == voxel_block
+            assert sorted(reader.requests)[0][0] == 0 and reader.requests[-1][1] == Y.shape[1]
+            np.testing.assert_array_equal(fit.alphas, whole.alphas)
+            # Equal up to float32 rounding (BLAS sums in a block-dependent order).
+            np.testing.assert_allclose(fit.weights, whole.weights, rtol=1e-5,
+                                       atol=1e-6 * np.abs(whole.weights).max())
+            np.testing.assert_allclose(fit.cv_scores, whole.cv_scores, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(fit.y_mean, whole.y_mean, rtol=1e-6)
+        # A memory budget chooses the block: 50 voxels in blocks that fit in 128 KiB.
+        reader = _BlockReader(Y)
+        fit_ridge(X, reader, block_bytes=2**17)
+        assert 1 < len(reader.requests) < Y.shape[1]
+
+
+def test_predict_a_block_of_voxels():
+    X, Y = _linear_data(n_voxels=6)
+    fit = fit_ridge(X, Y)
+    whole = fit.predict(X)
+    atol = 1e-6 * np.abs(whole).max()  # float32 rounding of a matrix product
+    np.testing.assert_allclose(fit.predict(X, voxels=slice(2, 5)), whole[:, 2:5], rtol=1e-6, atol=atol)
+    np.testing.assert_allclose(fit.predict(X, voxels=4), whole[:, 4], rtol=1e-6, atol=atol)
+
+
+def test_default_grid_covers_the_fields_grids_and_edges_are_reported():
+    # Huth's encoding.py grid is 1e2..1e6 in these units, the scaling-laws tutorial's 1e2..1e8.
+    assert ALPHAS.min() <= 1e1 and ALPHAS.max() >= 1e7
+    X, Y = _linear_data(n_trs=400, n_features=20, n_voxels=10, noise_sd=np.repeat([10.0, 1e4], 5), seed=7)
+    with pytest.warns(RuntimeWarning, match="50% of voxels chose an alpha at an edge"):
+        fit = fit_ridge(X, Y, alphas=np.logspace(0, 3, 7))
+    assert fit.edge_fraction == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert fit_ridge(X, Y[:, :5], alphas=np.logspace(-1, 4, 11)).edge_fraction == 0.0
 
 
 def test_noisy_voxels_get_larger_alphas():
