@@ -32,7 +32,13 @@ readout_lr         1.0e-4                         learning rate of the readout
 weight_decay       0.0                            AdamW weight decay
 epochs             20                             passes over the training stories; 0 = the
                                                   ridge readout only
-block_trs          10                             TRs per optimiser step
+block_trs          10                             TRs per block; one block's loss is one
+                                                  term of an optimiser step's mean loss
+blocks_per_step    null                           blocks per optimiser step, over all
+                                                  data-parallel workers together (a multiple
+                                                  of their number); null = one per worker.
+                                                  The same value gives the same numbers on 1
+                                                  worker or several
 bottleneck         100                            readout rank; 0 = one full linear map
 loss               spatial                        spatial (correlation across voxels per TR),
                                                   temporal (per voxel across TRs) or mse
@@ -127,6 +133,7 @@ RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
 SEMANTIC_PROBE = "semantic:"
 REST = "rest"  # the roi_weights key for voxels in no named ROI
+_WHERE_IT_RUNS = ("device",)  # settings that do not change a run's numbers (TrainConfig.identity)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -152,6 +159,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 20
     block_trs: int = 10
+    blocks_per_step: int | None = None
     bottleneck: int = 100
     loss: str = "spatial"
     roi_weights: dict[str, float] = field(default_factory=dict)
@@ -257,6 +265,14 @@ class TrainConfig:
         """Every setting as plain lists, dicts, strings and numbers (JSON and YAML safe)."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def identity(self) -> dict:
+        """The settings that make a run what it is: :meth:`to_dict` without where it runs (``device``).
+
+        A checkpoint or a finished trial matches a configuration by its identity, so a run
+        resumes on another GPU, node or ``cuda:N`` than it started on.
+        """
+        return {name: value for name, value in self.to_dict().items() if name not in _WHERE_IT_RUNS}
+
     def flat_params(self) -> dict[str, str | int | float]:
         """Every setting as one flat, readable value, for MLflow params.
 
@@ -325,6 +341,8 @@ class TrainConfig:
         require(self.weight_decay >= 0, "weight_decay", "is negative", "a number >= 0")
         require(self.epochs >= 0, "epochs", "is negative", "an integer >= 0; 0 = the ridge readout only")
         require(self.block_trs >= 1, "block_trs", "is below 1", "an integer >= 1")
+        require(self.blocks_per_step is None or self.blocks_per_step >= 1, "blocks_per_step", "is below 1",
+                "an integer >= 1, or null for one block per worker")
         require(self.bottleneck >= 0, "bottleneck", "is negative", "an integer >= 0; 0 = one full linear map")
         require(self.loss in LOSSES, "loss", "is not a known loss", " or ".join(LOSSES))
         for roi, weight in self.roi_weights.items():

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import wavlm as wl
-from .extract import StoryWindows, story_cnn, window_vectors
+from .distributed import all_reduce_mean
+from .extract import StoryWindows, story_cnn, to_trs, window_vectors
 from .features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -59,9 +59,12 @@ class RunningNorm(nn.Module):
     """Per-feature normalisation with running statistics (no affine part).
 
     The statistics are set from the epoch-0 features of the training stories and then
-    follow training with an exponential moving average. They are buffers, not learned,
-    and are used detached, so a block's prediction does not depend on which other TRs
-    share its block, and training and evaluation normalise the same way.
+    follow training with an exponential moving average, updated once per optimiser step
+    (:meth:`commit`) with the mean of the step's block statistics over every block of the
+    step and every data-parallel worker: so the run's numbers do not depend on how the
+    step's blocks were spread over workers. A block is normalised with the statistics
+    from before its step, so its prediction does not depend on which TRs share its
+    block, and training and evaluation normalise the same way.
     """
 
     def __init__(self, n_features: int, momentum: float = 0.01):
@@ -69,16 +72,27 @@ class RunningNorm(nn.Module):
         self.momentum = momentum
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("var", torch.ones(n_features))
+        self._pending: list[torch.Tensor] = []
 
     def set_stats(self, x: torch.Tensor) -> None:
         """Statistics of ``x`` of shape (n_trs, n_features)."""
         self.mean.copy_(x.mean(0))
         self.var.copy_(x.var(0, unbiased=False))
 
-    def update(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor) -> None:
+        """Remember the statistics of one block, ``x`` of shape (n_trs, n_features), until :meth:`commit`."""
+        self._pending.append(torch.stack([x.mean(0), x.var(0, unbiased=False)]))
+
+    def commit(self) -> None:
+        """Fold the step's observed block statistics (averaged over blocks and workers) into the running ones."""
+        if not self._pending:
+            return
+        stats = torch.stack(self._pending).mean(0)
+        self._pending.clear()
+        all_reduce_mean([stats])
         m = self.momentum
-        self.mean.mul_(1 - m).add_(m * x.mean(0))
-        self.var.mul_(1 - m).add_(m * x.var(0, unbiased=False))
+        self.mean.mul_(1 - m).add_(m * stats[0])
+        self.var.mul_(1 - m).add_(m * stats[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * torch.rsqrt(self.var + 1e-6)
@@ -122,6 +136,24 @@ class Readout(nn.Module):
         self.up.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
 
+def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A ridge fit's map to voxels ``outputs`` with its standardisation folded in: ``x @ weight + bias``.
+
+    Parameters
+    ----------
+    fit : core.ridge.RidgeFit
+    outputs : int array of shape (n_outputs,)
+
+    Returns
+    -------
+    weight : array of shape (n_features, n_outputs)
+    bias : array of shape (n_outputs,)
+    """
+    scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
+    weight = fit.weights[:, outputs] * scale[:, None]
+    return weight, fit.y_mean[outputs] - (fit.x_mean * scale) @ fit.weights[:, outputs]
+
+
 @dataclass
 class StoryInput:
     """What the model needs of one story, prepared once per visit (cheap until windows run).
@@ -135,6 +167,7 @@ class StoryInput:
     cnn : tensor of shape (n_frames, conv_dim) or None, the story's frozen CNN output,
         computed on first use when the model caches it.
     responses : tensor of shape (n_trs, n_outputs) or None, targets of the trained voxels.
+    tr_times : array of shape (n_trs,), the response rows' times on the audio clock.
     """
 
     name: str
@@ -143,7 +176,11 @@ class StoryInput:
     lanczos: LanczosOperator
     cnn: torch.Tensor | None
     responses: torch.Tensor | None
-    n_trs: int
+    tr_times: np.ndarray
+
+    @property
+    def n_trs(self) -> int:
+        return len(self.tr_times)
 
 
 class BrainModel(nn.Module):
@@ -183,7 +220,7 @@ class BrainModel(nn.Module):
         padded = torch.from_numpy(windows.pad(audio)).to(self.device)
         lanczos = LanczosOperator(windows.times, extended_tr_times(tr_times, max(self.delays)))
         targets = None if responses is None else torch.as_tensor(responses, dtype=torch.float32, device=self.device)
-        return StoryInput(name, windows, padded, lanczos, None, targets, len(tr_times))
+        return StoryInput(name, windows, padded, lanczos, None, targets, np.asarray(tr_times, dtype=np.float64))
 
     def mix_layers(self, vectors: dict[int, torch.Tensor]) -> torch.Tensor:
         """One vector per window from the read-out layer(s): (n_windows, hidden_size)."""
@@ -206,7 +243,7 @@ class BrainModel(nn.Module):
         extended = slice(rows.start, rows.stop + max(self.delays))
         x = story.lanczos(window_vectors_, rows=extended, window_ids=ids)
         if self.training:
-            self.norm.update(x.detach().float())
+            self.norm.observe(x.detach().float())
         return delay_features(self.norm(x), self.delays)
 
     def forward(self, story: StoryInput, start: int, stop: int) -> torch.Tensor:
@@ -238,6 +275,17 @@ class BrainModel(nn.Module):
             return self.head(vectors.to(self.device), story, slice(0, story.n_trs))
         finally:
             self.train(training)
+
+    def ridge_features(self, story: StoryInput, vectors: torch.Tensor) -> np.ndarray:
+        """Window vectors -> the ridge protocol's features of every response TR (:func:`core.extract.to_trs`).
+
+        Each story z-scored on its own, as :mod:`core.baseline` does, so a ridge on the
+        epoch-0 vectors is the frozen baseline exactly; the running normalisation is the
+        model's own readout's, not the ridge's.
+
+        Returns float32 array of shape (n_trs, len(delays) * hidden_size).
+        """
+        return to_trs(vectors.float().cpu().numpy(), story.windows.times, story.tr_times, self.delays)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What training changes: trainable parameters and the normalisation statistics."""

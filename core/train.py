@@ -15,14 +15,19 @@ Writes, when the run completes:
 ``OUT/checkpoints/`` holds ``last.pt`` and ``best.pt``; running the same command again
 resumes an interrupted run where it stopped. Settings are documented in
 :mod:`core.config`.
+
+Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.train ...``
+(gloo on CPU, NCCL with one GPU per process; see :mod:`core.trainer`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from .cli import progress, run
@@ -47,6 +52,21 @@ def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
         atomic_write(out / name, write)
 
 
+def _join_torchrun(config: TrainConfig) -> torch.device | None:
+    """Under torchrun (``WORLD_SIZE`` > 1): join its process group; returns this worker's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    gpu = config.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo")
+    return device
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="dataset root (ds003020 layout)")
@@ -59,8 +79,11 @@ def main(argv=None) -> int:
 
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)
-    trainer = Trainer(config, dataset, args.subject, args.out, progress=progress)
+    device = _join_torchrun(config)
+    trainer = Trainer(config, dataset, args.subject, args.out, progress=progress, device=device)
     summary = trainer.fit()
+    if summary is None:  # another data-parallel worker: rank 0 writes the results
+        return 0
     out = Path(args.out)
     write_results(out, trainer, summary)
     for name in ("baseline", "tuned", "tuned_readout"):

@@ -1,55 +1,67 @@
-"""Training a BrainWavLM model for one subject, with exact resume.
+"""Training a BrainWavLM model for one subject: the loop, its evaluation and exact resume.
 
-The run, in order (``Trainer.fit``):
+The run, in order (:meth:`Trainer.fit`):
 
-1. **Epoch 0** (the adapters are zero: the frozen model). Features of every training,
-   validation and test story; the normalisation statistics from the training stories;
-   ridge on the training stories -> the frozen **baseline** on the test stories; the
-   readout starts from that ridge map (``readout_init: ridge``) or at random.
+1. **Epoch 0** (the adapters are zero: the frozen model, its window features read from
+   the disk cache). The running normalisation takes the statistics of the training
+   stories; the readout starts from the epoch's ridge map (``readout_init: ridge``).
 2. **Epochs 1..E.** Stories in a seeded shuffled order; within a story, blocks of
-   ``block_trs`` consecutive TRs, one optimiser step each, forwarding only the windows
-   that feed the block. After each epoch: validation r (whole cortex and per ROI) with
-   the model's own readout, a checkpoint, and a report to ``on_epoch`` (Ray Tune plugs
-   in here).
-3. **Best epoch** by validation r (epoch 0 included). Test evaluation two ways: ridge
-   refit on the best model's features (**tuned**, the paper's protocol) and the model's
-   own readout (**tuned_readout**).
+   ``block_trs`` consecutive TRs; ``blocks_per_step`` blocks (spread over the
+   data-parallel workers) make one optimiser step, forwarding only the windows that feed
+   each block.
+3. **After every epoch, the paper's protocol** (:mod:`core.evaluation`): the current
+   model's features of every story, ridge fitted on the training stories, scored on the
+   validation stories (``val_r``: weighted by the run's voxel weights, and per ROI) and
+   on the test stories. The epoch with the best ``val_r`` is the best epoch (epoch 0
+   included); its test score is ``tuned``, epoch 0's is ``baseline``. The model's own
+   readout on the validation stories is recorded too (``val_readout_r``) but chooses
+   nothing: the readout can drift while the features improve.
+4. **The end** (:meth:`Trainer.evaluate`): the best epoch's own readout on the test
+   stories (``tuned_readout``) and the study measures of :mod:`core.studies`.
 
 Checkpoints (``OUT/checkpoints/last.pt`` and ``best.pt``) hold only what changes: the
-trainable weights, normalisation statistics, optimiser state, RNG states, the epoch and
-the history. A run started again on the same ``OUT`` with the same configuration resumes
-from ``last.pt`` and gives the same numbers as an uninterrupted run (on CPU).
+trainable weights, normalisation statistics, optimiser state, RNG states, the epoch, the
+history and the baseline and best test evaluations. A run started again on the same
+``OUT`` with the same settings resumes from ``last.pt`` and gives the same numbers as an
+uninterrupted run (on CPU); where it runs (``device``) is not part of a run's identity.
 
-Data parallelism: inside a ``torch.distributed`` process group (as Ray Train sets up),
-each worker takes every world-th block of the epoch's plan, gradients are averaged
-before each step, the normalisation statistics after each epoch; rank 0 writes the
-checkpoints. Evaluation runs on every worker (it is cheap next to training).
+Data parallelism (:mod:`core.distributed`): inside a ``torch.distributed`` process group
+(as Ray Train sets up) the model is wrapped in ``DistributedDataParallel``; each worker
+takes its share of every step's blocks, and the step's normalisation statistics are
+averaged over workers, so every worker holds the same parameters and 1 worker with
+``blocks_per_step: 2`` computes what 2 workers do. Each epoch's features are computed by
+the workers for their share of the stories; rank 0 fits the ridge, writes checkpoints and
+evaluates the end, and hands each epoch's record to every worker.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import metrics, probes
+from . import probes
 from .config import TrainConfig
 from .dataset import Dataset
+from .distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
 from .errors import ConfigError
-from .evaluation import Evaluation, held_out_responses, score
-from .extract import FrozenFeatures, all_window_features, resolve_cnn_cache
+from .evaluation import Evaluation, held_out_responses, ridge_evaluation, score
+from .extract import FrozenFeatures, resolve_cnn_cache
 from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
-from .model import BrainModel, Readout, adapt
-from .ridge import fit_ridge
+from .metrics import pearson_r
+from .model import BrainModel, StoryInput, adapt, ridge_as_linear
+from .outputs import atomic_write
 from .wavlm import load_wavlm
 
-CHECKPOINT_VERSION = 1
+__all__ = ["Trainer", "epoch_blocks", "improves", "resolve_device", "seed_everything"]
+
+CHECKPOINT_VERSION = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,7 +77,7 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int) -> list[tuple[str, int, int]]:
-    """The epoch's optimiser steps: (story, first TR, stop TR), stories in a seeded order.
+    """The epoch's blocks: (story, first TR, stop TR), stories in a seeded order.
 
     A story's last block may be shorter; one of fewer than 2 TRs is dropped (a temporal
     correlation needs two).
@@ -83,71 +95,10 @@ def improves(epoch: int, val_r: float, best_val_r: float) -> bool:
     return epoch == 0 or bool(np.isfinite(val_r) and val_r > best_val_r)
 
 
-def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge's map of voxels ``outputs`` with its standardisation folded in: ``x @ weight + bias``.
-
-    Returns weight of shape (n_features, len(outputs)) and bias of shape (len(outputs),).
-    """
-    scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
-    weight = fit.weights[:, outputs] * scale[:, None]
-    return weight, fit.y_mean[outputs] - (fit.x_mean * scale) @ fit.weights[:, outputs]
-
-
-def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, outputs: np.ndarray,
-                           weights: np.ndarray, config: TrainConfig, device: torch.device) -> Readout:
-    """A readout (rank ``config.bottleneck``) trained on fixed features, as the trainer trains its own.
-
-    It starts from the ridge fit (its best rank-k approximation, like the trainer's epoch
-    0) and is trained for ``config.epochs`` passes of ``config.block_trs``-TR blocks with
-    ``config.loss`` and ``config.readout_lr``; only the features never change. Used to give
-    another subject a bottleneck readout on a tuned backbone (:meth:`Trainer.transfer`).
-
-    Parameters
-    ----------
-    features : story -> array of shape (n_trs, n_features), the training stories' features.
-    responses : story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
-    fit : the ridge fit on those features (all voxels).
-    outputs : int array of shape (n_outputs,), the voxels predicted.
-    weights : array of shape (n_outputs,), the loss weight of each predicted voxel.
-    """
-    torch.manual_seed(config.seed)
-    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
-    readout.set_linear(*ridge_as_linear(fit, outputs))
-    readout.to(device)
-    optimizer = torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
-    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
-    y = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in responses.items()}
-    w = torch.as_tensor(weights, dtype=torch.float32, device=device)
-    for epoch in range(1, config.epochs + 1):
-        for story, start, stop in epoch_blocks({s: len(v) for s, v in x.items()}, config.block_trs, config.seed, epoch):
-            loss = loss_fn(config.loss, readout(x[story][start:stop]), y[story][start:stop], w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return readout.eval()
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of a torch.distributed process group, or (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    """Wait for every worker, as an all-reduce of one number.
-
-    Not ``dist.barrier()``: with gloo it let one worker run ahead into the next epoch's
-    gradient all-reduce while another still waited in the barrier (seen in 2-worker Ray
-    Train runs on CPU: a deadlock). An all-reduce completes on every worker or on none.
-    """
-    if world > 1:
-        import torch.distributed as dist
-
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        dist.all_reduce(torch.zeros(1, device=device))
+def weighted_mean_r(r: np.ndarray, weights: np.ndarray) -> float:
+    """Mean of per-voxel ``r`` (n_voxels,) weighted by ``weights`` (n_voxels,), over finite voxels of weight > 0."""
+    ok = np.isfinite(r) & (weights > 0)
+    return float((weights[ok] * r[ok]).sum() / weights[ok].sum()) if ok.any() else float("nan")
 
 
 class Trainer:
@@ -159,34 +110,39 @@ class Trainer:
     dataset : Dataset
     subject : str
     out : folder for checkpoints and results
-    progress : callable taking a message
-    on_epoch : callable taking the epoch's metrics dict (after its checkpoint is written)
+    progress : callable taking a message (rank 0's are shown)
+    on_epoch : callable taking the epoch's record (after its checkpoint is written; on every worker)
+    device : overrides ``config.device`` (a data-parallel worker's own GPU); not part of the run's identity
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset, subject: str, out, *,
                  progress: Callable[[str], None] = lambda m: None,
-                 on_epoch: Callable[[dict], None] | None = None):
+                 on_epoch: Callable[[dict], None] | None = None, device: str | torch.device | None = None):
         self.config = config
         self.dataset = dataset
         self.subject = subject
         self.out = Path(out)
-        self.progress = progress
+        self.rank, self.world = rank_and_world()
+        self.progress = progress if self.rank == 0 else (lambda m: None)
         self.on_epoch = on_epoch
-        self.device = resolve_device(config.device)
-        self.rank, self.world = _distributed()
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
         self.model_name = config.model or str(Path(dataset.root) / "pretrained")
+        self.blocks_per_step = config.blocks_per_step or self.world
+        if self.blocks_per_step % self.world:
+            raise ConfigError(f"blocks_per_step: {self.blocks_per_step} blocks cannot be shared by "
+                              f"{self.world} workers (expected a multiple of {self.world})")
 
         dataset.validate(subject)
         self.split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
-        self.story_trs = {s: dataset.n_trs(subject, s) for s in self.split.train + self.split.val + self.split.test}
+        self.stories = [*self.split.train, *self.split.val, *self.split.test]
+        self.story_trs = {s: dataset.n_trs(subject, s) for s in self.stories}
         self.roi_masks = dataset.roi_masks(subject)
         for other in config.transfer_to:
             dataset.validate(other)
         probes.check(config.probes, dataset)
-        nan = dataset.nan_voxels(subject)
         config.check_against(n_layers=self._n_layers(), roi_names=list(self.roi_masks),
                              story_trs={s: self.story_trs[s] for s in self.split.train})
-        self.weights = voxel_weights(config.roi_weights, self.roi_masks, nan)
+        self.weights = voxel_weights(config.roi_weights, self.roi_masks, dataset.nan_voxels(subject))
         self.outputs = np.flatnonzero(self.weights > 0)  # voxels the readout predicts
 
         seed_everything(config.seed)
@@ -205,10 +161,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         self.loss_weights = torch.as_tensor(self.weights[self.outputs], device=self.device)
         self.history: list[dict] = []
-        self.baseline: dict | None = None
         self.best = {"epoch": 0, "val_r": -np.inf}
         self.epoch = 0
-        self._inputs: dict[str, object] = {}
+        self.evaluations: dict[str, Evaluation] = {}  # "baseline" and the best epoch's "tuned" (rank 0)
+        self._inputs: dict[tuple[str, bool], StoryInput] = {}
+        self._parallel = None
 
     def _n_layers(self) -> int:
         from transformers import AutoConfig
@@ -220,151 +177,171 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
 
-    def story_input(self, story: str):
-        """The story's prepared input; the last two stories used are kept."""
-        if story not in self._inputs:
-            if len(self._inputs) >= 2:
+    def story_input(self, story: str, targets: bool = True) -> StoryInput:
+        """The story's prepared input, with this subject's targets (for training) or without; the last four are kept."""
+        key = (story, targets)
+        if key not in self._inputs:
+            if len(self._inputs) >= 4:
                 self._inputs.pop(next(iter(self._inputs)))
-            responses = self.dataset.responses(self.subject, story)[:, self.outputs]
-            self._inputs[story] = self.model.prepare(story, self.dataset.audio(story),
-                                                     self.dataset.tr_times(self.subject, story), responses)
-        return self._inputs[story]
+            responses = self.dataset.responses(self.subject, story, voxels=self.outputs) if targets else None
+            self._inputs[key] = self.model.prepare(story, self.dataset.audio(story),
+                                                   self.dataset.tr_times(self.subject, story), responses)
+        return self._inputs[key]
 
-    def features(self, story: str, vectors=None) -> torch.Tensor:
-        """Normalised delayed features of a whole story with the current model."""
-        return self.model.story_features(self.story_input(story), vectors, self.config.batch_windows)
+    def frozen_features(self) -> FrozenFeatures:
+        """The pretrained model's window features, cached on disk (shared by every trial of a sweep)."""
+        return FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
+                              batch_windows=self.config.batch_windows)
 
-    # -- epoch 0 ------------------------------------------------------------------------
+    def window_vectors(self, stories, frozen: FrozenFeatures | None = None) -> dict[str, torch.Tensor]:
+        """Window vectors (n_windows, hidden_size) of ``stories``: the current model's, or ``frozen``'s."""
+        out = {}
+        training = self.model.training
+        self.model.eval()  # no adapter dropout, no layer drop
+        try:
+            for story in stories:
+                if frozen is not None:
+                    _, layers = frozen.window_features(self.dataset, story, self.model.readout_layers)
+                    with torch.no_grad():
+                        out[story] = self.model.mix_layers({k: torch.from_numpy(v) for k, v in layers.items()}).cpu()
+                else:
+                    with self._autocast():
+                        out[story] = self.model.all_window_features(self.story_input(story, targets=False),
+                                                                    self.config.batch_windows).float().cpu()
+        finally:
+            self.model.train(training)
+        return out
 
-    def _epoch_zero(self) -> None:
-        """Baseline, normalisation statistics and readout initialisation from the frozen model."""
-        started = time.time()
-        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
-                                batch_windows=self.config.batch_windows)
-        stories = self.split.train + self.split.val + self.split.test
-        vectors = {}
-        for i, story in enumerate(stories):
-            self.progress(f"epoch 0 [{i + 1}/{len(stories)}] frozen features: {story}")
-            _, feats = frozen.window_features(self.dataset, story, self.model.readout_layers)
-            vectors[story] = self.model.mix_layers({k: torch.from_numpy(v) for k, v in feats.items()})
-        del frozen
-        raw = torch.cat([self._extended_trs(s, vectors[s]) for s in self.split.train])
-        self.model.norm.set_stats(raw.to(self.device))
-        feats = {s: self.features(s, vectors[s]).cpu().numpy() for s in stories}
-        fit, baseline = self._ridge(feats)
-        self.baseline = baseline.summary
-        self._baseline_eval = baseline
-        if self.config.readout_init == "ridge":
-            self._init_readout(fit)
-        val = self._validate(feats)
-        self._end_epoch(0, train_loss=float("nan"), val=val, seconds=time.time() - started)
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
-    def _extended_trs(self, story: str, vectors: torch.Tensor) -> torch.Tensor:
-        """Un-normalised TR features including the delays' extra leading rows."""
-        inp = self.story_input(story)
-        return inp.lanczos(vectors.to(self.device))
+    # -- evaluation of an epoch ---------------------------------------------------------
 
-    def _ridge(self, feats: dict[str, np.ndarray], subject: str | None = None, split=None):
-        """Ridge on the training stories' features; scored on the test stories (of this run's subject by default)."""
-        subject, split = subject or self.subject, split or self.split
-        X = np.concatenate([feats[s] for s in split.train])
-        Y = np.concatenate([self.dataset.responses(subject, s) for s in split.train])
-        fit = fit_ridge(X, Y, backend=self.config.ridge_backend, seed=self.config.seed)
-        responses, ceiling = held_out_responses(self.dataset, subject, split.test)
-        prediction = np.concatenate([fit.predict(feats[s]) for s in split.test])
-        result = score(prediction, responses, self.dataset.roi_masks(subject), ceiling)
-        result.alphas = fit.alphas
-        return fit, result
+    def _epoch_vectors(self, epoch: int) -> dict[str, torch.Tensor] | None:
+        """Every story's window vectors on rank 0 (None elsewhere); each worker computes its share.
 
-    def _init_readout(self, fit) -> None:
-        self.model.readout.set_linear(*ridge_as_linear(fit, self.outputs))
+        Epoch 0's are the pretrained model's, from the disk cache.
+        """
+        extractor = self.frozen_features() if epoch == 0 else None
+        mine = self.stories[self.rank::self.world]
+        self.progress(f"epoch {epoch}: features of {len(self.stories)} stories")
+        return gather_to_first(self.window_vectors(mine, extractor))
 
-    # -- evaluation ---------------------------------------------------------------------
+    def _evaluate_epoch(self, epoch: int, vectors: dict[str, torch.Tensor]) -> tuple[dict, Evaluation]:
+        """Rank 0: the ridge protocol on this epoch's features, and the own readout's validation r.
 
-    def _predict(self, feats: np.ndarray) -> np.ndarray:
-        """Own-readout prediction for all voxels (NaN for voxels not predicted)."""
+        At epoch 0 it first sets the normalisation statistics and (``readout_init: ridge``)
+        the readout from the ridge map. Returns the epoch's validation record and the
+        test evaluation.
+        """
+        features = {s: self.model.ridge_features(self.story_input(s, targets=False), vectors[s]) for s in self.stories}
+        if epoch == 0:
+            own_rows = [self.story_input(s, targets=False).lanczos(vectors[s].to(self.device))[max(self.config.delays):]
+                        for s in self.split.train]
+            self.model.norm.set_stats(torch.cat(own_rows))
+        fit, scored = ridge_evaluation(features, self.dataset, self.subject, self.split.train,
+                                       {"val": self.split.val, "test": self.split.test},
+                                       seed=self.config.seed, backend=self.config.ridge_backend, progress=self.progress)
+        if epoch == 0 and self.config.readout_init == "ridge":
+            self.model.readout.set_linear(*ridge_as_linear(fit, self.outputs))
+        del fit
+        record = {"val_r": float("nan"), "val_roi_r": {}, "val_readout_r": float("nan")}
+        if "val" in scored:
+            record.update(val_r=weighted_mean_r(scored["val"].r, self.weights), val_roi_r=scored["val"].summary["roi_mean_r"])
+            actual = np.concatenate([self.dataset.responses(self.subject, s, voxels=self.outputs) for s in self.split.val])
+            r = np.full(len(self.weights), np.nan)
+            r[self.outputs] = pearson_r(self._predict(self.split.val, vectors), actual)
+            record["val_readout_r"] = weighted_mean_r(r, self.weights)
+        return record, scored["test"]
+
+    def _predict(self, stories, vectors: dict[str, torch.Tensor]) -> np.ndarray:
+        """The model's own readout on ``stories``: float32 (n_trs, n_outputs), the voxels it predicts."""
         with torch.no_grad():
-            pred = self.model.readout(torch.as_tensor(feats, device=self.device)).float().cpu().numpy()
-        full = np.full((len(feats), len(self.weights)), np.nan, np.float32)
-        full[:, self.outputs] = pred
-        return full
+            return torch.cat([self.model.readout(self.model.story_features(self.story_input(s, targets=False), vectors[s]))
+                              for s in stories]).float().cpu().numpy()
 
-    def _validate(self, feats: dict[str, np.ndarray]) -> dict:
-        """Validation temporal r of the model's own readout: weighted whole-cortex and per ROI."""
-        stories = self.split.val
-        if not stories:
-            return {"val_r": float("nan"), "val_roi_r": {}}
-        pred = np.concatenate([self._predict(feats[s]) for s in stories])
-        actual = np.concatenate([self.dataset.responses(self.subject, s) for s in stories])
-        r = metrics.pearson_r(pred, actual)
-        ok = np.isfinite(r) & (self.weights > 0)
-        val_r = float((self.weights[ok] * r[ok]).sum() / self.weights[ok].sum()) if ok.any() else float("nan")
-        return {"val_r": val_r, "val_roi_r": metrics.roi_summary(r, self.roi_masks)}
-
-    def _features_now(self, stories) -> dict[str, np.ndarray]:
-        return {s: self.features(s).cpu().numpy() for s in stories}
+    def _run_epoch(self, epoch: int, train_loss: float, started: float) -> None:
+        """Evaluate the epoch (rank 0), share its record, checkpoint it and report it."""
+        vectors = self._epoch_vectors(epoch)
+        record = test = None
+        if self.rank == 0:
+            val, test = self._evaluate_epoch(epoch, vectors)
+            record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(time.time() - started, 2)}
+        del vectors
+        record = broadcast(record)
+        self.history.append(record)
+        self.epoch = epoch
+        if epoch == 0 and test is not None:
+            self.evaluations["baseline"] = test
+        # Without validation stories the last epoch is the best one.
+        if improves(epoch, record["val_r"], self.best["val_r"]) or not self.split.val:
+            self.best = {"epoch": epoch, "val_r": record["val_r"]}
+            if test is not None:
+                self.evaluations["tuned"] = test
+            self._save(self.out / "checkpoints" / "best.pt")
+        self._save(self.out / "checkpoints" / "last.pt")
+        barrier()
+        self.progress(f"epoch {epoch}: val r {record['val_r']:.4f} (ridge), {record['val_readout_r']:.4f} (readout)"
+                      + (" (best)" if self.best["epoch"] == epoch else ""))
+        if self.on_epoch is not None:
+            self.on_epoch(dict(record, best_epoch=self.best["epoch"], best_val_r=self.best["val_r"]))
 
     # -- training -----------------------------------------------------------------------
 
+    def _network(self):
+        """The model to train: wrapped in DDP (made on first use, from rank 0's weights) with several workers."""
+        if self.world == 1:
+            return self.model
+        if self._parallel is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP starts every worker from rank 0's parameters (epoch 0 set the readout there);
+            # the normalisation statistics too, once: after that each step averages them.
+            broadcast_([self.model.norm.mean, self.model.norm.var])
+            self._parallel = DistributedDataParallel(self.model, broadcast_buffers=False,
+                                                     find_unused_parameters=self.config.layerdrop > 0)
+        return self._parallel
+
     def _train_epoch(self, epoch: int) -> float:
+        network = self._network()
         self.model.train()
-        train_stories = {s: self.story_trs[s] for s in self.split.train}
-        blocks = epoch_blocks(train_stories, self.config.block_trs, self.config.seed, epoch)
-        # With several workers, each takes every world-th block; all take the same number of steps.
-        blocks = blocks[self.rank : len(blocks) - len(blocks) % self.world : self.world]
+        blocks = epoch_blocks({s: self.story_trs[s] for s in self.split.train}, self.config.block_trs,
+                              self.config.seed, epoch)
+        per_step, share = self.blocks_per_step, self.blocks_per_step // self.world
+        n_steps = len(blocks) // per_step  # every worker takes the same number of steps
         losses = []
-        for i, (story, start, stop) in enumerate(blocks):
-            losses.append(self.train_step(self.story_input(story), start, stop))
-            if (i + 1) % max(1, len(blocks) // 4) == 0:
-                self.progress(f"epoch {epoch} step {i + 1}/{len(blocks)} loss {np.mean(losses[-10:]):.4f}")
-        if self.world > 1:
-            self._average_buffers()
+        for step in range(n_steps):
+            first = step * per_step + self.rank * share
+            mine = [(self.story_input(story), start, stop) for story, start, stop in blocks[first:first + share]]
+            losses.append(self.train_blocks(mine, network))
+            if (step + 1) % max(1, n_steps // 4) == 0:
+                self.progress(f"epoch {epoch} step {step + 1}/{n_steps} loss {np.mean(losses[-10:]):.4f}")
         self.model.eval()
-        return float(np.mean(losses)) if losses else float("nan")
+        mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
+        all_reduce_mean([mean])
+        return float(mean)
 
-    def train_step(self, inp, start: int, stop: int) -> float:
-        """One optimiser step on TRs ``start:stop`` of a prepared story; returns the loss."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            pred = self.model(inp, start, stop)
-        loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights)
+    def train_blocks(self, blocks: list[tuple[StoryInput, int, int]], network=None) -> float:
+        """One optimiser step on this worker's blocks (story input, first TR, stop TR); returns their mean loss."""
+        network = network if network is not None else self.model
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.world > 1:
-            self._average_gradients()
+        total = 0.0
+        for i, (inp, start, stop) in enumerate(blocks):
+            # DDP averages gradients over workers on the last block's backward only.
+            last = i == len(blocks) - 1
+            with (nullcontext() if last or self.world == 1 else network.no_sync()):
+                with self._autocast():
+                    pred = network(inp, start, stop)
+                loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights) / len(blocks)
+                loss.backward()
+            total += loss.item()
         self.optimizer.step()
-        return loss.item()
+        self.model.norm.commit()
+        return total
 
-    def _average_gradients(self) -> None:
-        """Data parallelism without wrapping the model: each worker ran its own block."""
-        import torch.distributed as dist
-
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
-
-    def _average_buffers(self) -> None:
-        """Every worker updated the normalisation statistics on its own blocks; average them."""
-        import torch.distributed as dist
-
-        for buffer in (self.model.norm.mean, self.model.norm.var):
-            dist.all_reduce(buffer)
-            buffer /= self.world
-
-    def _end_epoch(self, epoch: int, *, train_loss: float, val: dict, seconds: float) -> None:
-        record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(seconds, 2)}
-        self.history.append(record)
-        self.epoch = epoch
-        if improves(epoch, val["val_r"], self.best["val_r"]):
-            self.best = {"epoch": epoch, "val_r": val["val_r"]}
-            self._save(self.out / "checkpoints" / "best.pt")
-        self._save(self.out / "checkpoints" / "last.pt")
-        _barrier(self.world)
-        self.progress(f"epoch {epoch}: val r {val['val_r']:.4f}" + (" (best)" if self.best["epoch"] == epoch else ""))
-        if self.on_epoch is not None:
-            self.on_epoch(dict(record, best_epoch=self.best["epoch"], best_val_r=self.best["val_r"]))
+    def train_step(self, inp: StoryInput, start: int, stop: int) -> float:
+        """One optimiser step on TRs ``start:stop`` of a prepared story (one worker); returns the loss."""
+        return self.train_blocks([(inp, start, stop)])
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -373,31 +350,28 @@ class Trainer:
             return
         state = {
             "version": CHECKPOINT_VERSION,
-            "config": self.config.to_dict(),
+            "identity": self.config.identity(),
             "subject": self.subject,
             "epoch": self.epoch,
-            "model": self.model.trainable_state(),
+            "model": {k: v.cpu() for k, v in self.model.trainable_state().items()},
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "history": self.history,
             "best": self.best,
-            "baseline": self.baseline,
-            "baseline_eval": vars(self._baseline_eval),
+            "evaluations": {name: vars(result) for name, result in self.evaluations.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def _load(self, path: Path, restore_rng: bool) -> dict:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.config.to_dict() or state["subject"] != self.subject:
+        # On the CPU first: RNG states must be CPU tensors, and the run may have moved to another device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("identity") != self.config.identity() or state["subject"] != self.subject:
             raise ConfigError(f"{path}: holds a run with other settings; use another --out, or remove it to start over")
         self.model.load_trainable_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.history, self.best, self.baseline, self.epoch = state["history"], state["best"], state["baseline"], state["epoch"]
-        self._baseline_eval = Evaluation(**state["baseline_eval"])
+        self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
+        self.evaluations = {name: Evaluation(**values) for name, values in state["evaluations"].items()}
         if restore_rng:
             torch.set_rng_state(state["rng"]["torch"])
             np.random.set_state(state["rng"]["numpy"])
@@ -408,128 +382,53 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------
 
-    def fit(self) -> dict:
-        """Train (or resume), evaluate the best epoch and return the summary."""
+    def fit(self) -> dict | None:
+        """Train (or resume) and evaluate; returns the summary on rank 0 (None on the other workers)."""
         last = self.out / "checkpoints" / "last.pt"
         if last.exists():
             self._load(last, restore_rng=True)
             self.progress(f"resuming after epoch {self.epoch} from {last}")
         else:
-            self._epoch_zero()
+            self._run_epoch(0, train_loss=float("nan"), started=time.time())
         for epoch in range(self.epoch + 1, self.config.epochs + 1):
             started = time.time()
             loss = self._train_epoch(epoch)
-            val = self._validate(self._features_now(self.split.val))
-            self._end_epoch(epoch, train_loss=loss, val=val, seconds=time.time() - started)
-        return self.evaluate()
-
-    def transfer(self, subject: str, vectors: dict | None = None) -> dict:
-        """Another subject's readouts on the current model's features and on the pretrained model's.
-
-        The cross-subject transfer of the paper: this run's backbone (as loaded: the best
-        epoch in :meth:`evaluate`) is kept fixed and a new ridge readout is fitted on
-        ``subject``'s training stories, then scored on its test stories; the same on the
-        pretrained model's features is the reference. Both go through this model's
-        windows, Lanczos resampling, delays and normalisation, so only the backbone differs.
-
-        Each also gets a bottleneck readout trained on those fixed features
-        (:func:`fit_bottleneck_readout`), the paper's readout.
-
-        ``vectors`` (story -> (pretrained, tuned) window vectors), shared between calls,
-        keeps a story's window vectors, which do not depend on the subject, from being
-        computed again for the next subject.
-
-        Returns ``{"baseline", "tuned", "baseline_readout", "tuned_readout"}`` -> Evaluation.
-        """
-        split = self.dataset.split(subject, test=self.config.test_stories, val=self.config.val_stories)
-        stories = split.train + split.test
-        vectors = {} if vectors is None else vectors
-        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
-                                batch_windows=self.config.batch_windows)
-        pretrained, tuned = {}, {}
-        for i, story in enumerate(stories):
-            self.progress(f"transfer to {subject} [{i + 1}/{len(stories)}]: {story}")
-            inp = self.model.prepare(story, self.dataset.audio(story), self.dataset.tr_times(subject, story), None)
-            if story not in vectors:
-                _, layers = frozen.window_features(self.dataset, story, self.model.readout_layers)
-                vectors[story] = (self.model.mix_layers({k: torch.from_numpy(v) for k, v in layers.items()}),
-                                  self.model.all_window_features(inp, self.config.batch_windows))
-            for features, window_vectors in zip((pretrained, tuned), vectors[story]):
-                features[story] = self.model.story_features(inp, window_vectors, self.config.batch_windows).cpu().numpy()
-        weights = voxel_weights(self.config.roi_weights, self.dataset.roi_masks(subject), self.dataset.nan_voxels(subject))
-        outputs = np.flatnonzero(weights > 0)
-        responses = {s: self.dataset.responses(subject, s)[:, outputs] for s in split.train}
-        held_out, ceiling = held_out_responses(self.dataset, subject, split.test)
-        results = {}
-        for name, feats in (("baseline", pretrained), ("tuned", tuned)):
-            fit, results[name] = self._ridge(feats, subject, split)
-            readout = fit_bottleneck_readout({s: feats[s] for s in split.train}, responses, fit, outputs,
-                                             weights[outputs], self.config, self.device)
-            with torch.no_grad():
-                predicted = readout(torch.as_tensor(np.concatenate([feats[s] for s in split.test]), device=self.device))
-            full = np.full((len(predicted), len(weights)), np.nan, np.float32)
-            full[:, outputs] = predicted.float().cpu().numpy()
-            results[f"{name}_readout"] = score(full, held_out, self.dataset.roi_masks(subject), ceiling)
-        return results
-
-    def probe(self) -> dict:
-        """Word-level probes (:mod:`core.probes`) of the pretrained model and of the current one.
-
-        Probes are fitted on the training stories' words and scored on the test stories'.
-        Returns ``{family: {layer (str): {"pretrained": r, "tuned": r}}}``.
-        """
-        layers = self.config.probe_layers or list(range(1, self.config.readout_layer + 1))
-        targets = probes.families(self.config.probes, self.dataset, self.spec, str(self.device))
-        frozen = FrozenFeatures(self.model_name, self.spec, device=str(self.device), cnn_cache=self.cnn_cache,
-                                batch_windows=self.config.batch_windows)
-
-        def tuned(story):
-            return all_window_features(self.model.wavlm, self.dataset.audio(story), self.spec, layers,
-                                       batch_windows=self.config.batch_windows, cnn_cache=self.cnn_cache,
-                                       device=self.device)
-
-        def pretrained(story):
-            return frozen.window_features(self.dataset, story, layers)
-
-        training = self.model.training
-        self.model.eval()  # no adapter dropout in the features probed
-        try:
-            self.progress(f"probes: {', '.join(targets)} at layers {layers}")
-            scores = {name: probes.run_probes(self.dataset, list(self.split.train), list(self.split.test), features,
-                                              targets, layers, seed=self.config.seed, backend=self.config.ridge_backend)
-                      for name, features in (("pretrained", pretrained), ("tuned", tuned))}
-        finally:
-            self.model.train(training)
-        return {family: {str(layer): {name: scores[name][family][layer] for name in scores} for layer in layers}
-                for family in targets}
+            self._run_epoch(epoch, train_loss=loss, started=started)
+        return self.evaluate() if self.rank == 0 else None
 
     def evaluate(self) -> dict:
-        """Test evaluation of the best epoch: ridge refit (tuned) and own readout (tuned_readout)."""
+        """The summary: baseline and tuned (ridge) from the checkpoints, the best epoch's own readout and study measures."""
+        from . import studies
+
         self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
         self.progress(f"test evaluation of epoch {self.best['epoch']}")
-        feats = self._features_now(self.split.train + self.split.test)
-        _, tuned = self._ridge(feats)
+        vectors = self.window_vectors(self.split.test)
         responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
-        readout = score(np.concatenate([self._predict(feats[s]) for s in self.split.test]), responses,
-                        self.roi_masks, ceiling)
-        shared: dict = {}
-        transfer = {other: self.transfer(other, shared) for other in self.config.transfer_to if other != self.subject}
-        del shared  # every story's window vectors: freed before the probes
-        probed = self.probe() if self.config.probes else {}
+        readout = score(self._full_prediction(self.split.test, vectors), responses, self.roi_masks, ceiling)
+        del responses
+        transfer = studies.transfer(self, [s for s in self.config.transfer_to if s != self.subject])
+        probed = studies.probe(self) if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
-        baseline = self._baseline_eval
-        self.results = {"baseline": baseline, "tuned": tuned, "tuned_readout": readout}
+        self.results = {"baseline": self.evaluations["baseline"], "tuned": self.evaluations["tuned"],
+                        "tuned_readout": readout}
         return {
             "transfer": {other: {name: result.summary for name, result in pair.items()} for other, pair in transfer.items()},
             "probes": probed,
             "subject": self.subject,
             "best_epoch": self.best["epoch"],
             "best_val_r": self.best["val_r"],
-            "baseline": baseline.summary,
-            "tuned": tuned.summary,
+            "baseline": self.results["baseline"].summary,
+            "tuned": self.results["tuned"].summary,
             "tuned_readout": readout.summary,
             "history": self.history,
             "config": self.config.to_dict(),
             "model": self.model_name,
             "n_trainable": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
         }
+
+    def _full_prediction(self, stories, vectors: dict[str, torch.Tensor]) -> np.ndarray:
+        """Own-readout prediction of ``stories`` for all voxels (NaN for voxels not predicted), float32."""
+        predicted = self._predict(stories, vectors)
+        full = np.full((len(predicted), len(self.weights)), np.nan, np.float32)
+        full[:, self.outputs] = predicted
+        return full

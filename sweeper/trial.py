@@ -1,9 +1,12 @@
 """One Tune trial: a run of the core trainer, in-process or as a Ray Train ``TorchTrainer``.
 
 Every report carries the objective metrics (``best_val_r``, ``best_val_r.<ROI>``: the
-validation r of the best epoch so far), so Optuna and ASHA always find them:
+validation r of the best epoch so far), so Optuna and ASHA always find them. ``val_r`` is
+the paper's measure, which also chooses the best epoch: ridge refitted on the epoch's
+features of the training stories, scored on the validation stories
+(:mod:`core.trainer`); ``val_readout_r`` is the model's own readout there, for reference:
 
-- per epoch: ``epoch``, ``train_loss``, ``val_r``, ``val_r.<ROI>``, ``epoch_seconds``,
+- per epoch: ``epoch``, ``train_loss``, ``val_r``, ``val_r.<ROI>``, ``val_readout_r``, ``epoch_seconds``,
   ``best_epoch``, ``best_val_r``, ``best_val_r.<ROI>``, and ``node_id``: the Ray node that
   trains (the trial's process, or a Train trial's first worker), another one when a
   retried trial goes on elsewhere;
@@ -79,7 +82,8 @@ class EpochReports:
 
     def epoch(self, record: dict) -> dict:
         flat = {"epoch": record["epoch"], "train_loss": record["train_loss"], "val_r": record["val_r"],
-                "epoch_seconds": record["seconds"], "best_epoch": record["best_epoch"]}
+                "val_readout_r": record["val_readout_r"], "epoch_seconds": record["seconds"],
+                "best_epoch": record["best_epoch"]}
         flat.update({f"val_r.{roi}": v for roi, v in record["val_roi_r"].items()})
         self.by_epoch[record["epoch"]] = flat
         return _finite({**flat, **self.best(record["best_epoch"], record["best_val_r"])})
@@ -113,11 +117,14 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
     return _finite(metrics)
 
 
-def train(config: TrainConfig, data: str, subject: str, out: Path, report) -> tuple[dict, float]:
-    """Run (or resume) the trainer; the first worker writes results and figures. Returns (summary, loop seconds)."""
+def train(config: TrainConfig, data: str, subject: str, out: Path, report, device=None) -> tuple[dict | None, float]:
+    """Run (or resume) the trainer; the first worker writes results and figures.
+
+    Returns (summary, loop seconds); the summary is None on the other workers.
+    """
     reports = EpochReports()
     node = _node_id()
-    trainer = Trainer(config, Dataset(data), subject, out,
+    trainer = Trainer(config, Dataset(data), subject, out, device=device,
                       on_epoch=lambda record: report({**reports.epoch(record), "node_id": node}))
     started = time.perf_counter()
     summary = trainer.fit()
@@ -147,7 +154,8 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
         seconds = json.loads((out / "loop_seconds.json").read_text())["loop_seconds"]
     except (OSError, ValueError, KeyError):
         return None
-    return (summary, seconds) if summary.get("config") == config.to_dict() else None
+    same = isinstance(summary.get("config"), dict) and TrainConfig.from_dict(summary["config"]).identity() == config.identity()
+    return (summary, seconds) if same else None
 
 
 def _figures(out: Path, trainer: Trainer, summary: dict) -> None:
@@ -184,13 +192,17 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
 def _worker_loop(loop_config: dict) -> None:
     """Ray Train worker: the same trainer, one shard of the blocks per worker."""
     import ray.train
+    import ray.train.torch
     import torch
 
     torch.set_num_threads(max(1, math.floor(loop_config["cpus"])))
     config = TrainConfig.from_dict(loop_config["config"])
-    if ray.train.get_context().get_world_size() > 1 and config.device == "auto" and torch.cuda.is_available():
-        config = config.replace(device=f"cuda:{ray.train.get_context().get_local_rank()}")
-    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report)
+    device = None
+    if config.device == "auto" and torch.cuda.is_available():
+        # This worker's own GPU; where a run trains is not part of its identity (TrainConfig.identity).
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report, device)
 
 
 def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Path, trial_id: str):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -110,12 +111,13 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
 
 
 def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
-    """Data-parallel (gloo, 2 Ray Train workers) vs in-process: same configuration, close numbers,
-    the study measures included (transfer to the other subject, word-level probes) and the
+    """Data-parallel (gloo, 2 Ray Train workers, a block each per step) vs in-process (both blocks
+    per step): the same parameters after training and the same numbers, the study measures
+    included (transfer to the other subject, word-level probes; computed on rank 0), and the
     probes report built from MLflow at the end."""
-    results = {}
-    fixed = {**FIXED, "lr": 3e-3, "transfer_to": ["UTS01", "UTS02"], "probes": ["acoustic", "planted"],
-             "probe_layers": [3]}
+    results, params = {}, {}
+    fixed = {**FIXED, "lr": 3e-3, "lora_dropout": 0, "blocks_per_step": 2, "transfer_to": ["UTS01", "UTS02"],
+             "probes": ["acoustic", "planted"], "probe_layers": [3]}
     for workers in (1, 2):
         storage = tmp_path / f"w{workers}"
         space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
@@ -130,9 +132,11 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
             "report/report.md", "report/probes_UTS01.png"}
         assert "| planted | 3 |" in (storage / "report" / "report.md").read_text()
         results[workers] = child.data.metrics
-    assert results[1]["baseline_r"] == pytest.approx(results[2]["baseline_r"], abs=1e-6)
-    for metric in ("transfer_baseline_r.UTS02", "probe_baseline_r.planted.L3", "probe_baseline_r.acoustic.L3"):
-        assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-6), metric
-    for metric in ("test_r", "test_r.AC", "best_val_r", "transfer_r.UTS02", "transfer_readout_r.UTS02",
-                   "probe_r.planted.L3"):
-        assert results[1][metric] == pytest.approx(results[2][metric], abs=0.03), metric
+        (last,) = (storage / "trials" / "UTS01").glob("*/checkpoints/last.pt")
+        params[workers] = torch.load(last, weights_only=False)["model"]
+    for name, value in params[1].items():
+        torch.testing.assert_close(params[2][name], value, atol=1e-5, rtol=1e-5, msg=name)
+    for metric in ("baseline_r", "test_r", "test_r.AC", "best_val_r", "test_readout_r", "transfer_r.UTS02",
+                   "transfer_readout_r.UTS02", "transfer_baseline_r.UTS02", "probe_r.planted.L3",
+                   "probe_baseline_r.acoustic.L3"):
+        assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-4), metric

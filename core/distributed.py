@@ -1,0 +1,91 @@
+"""Data parallelism for the trainer: which worker am I, and the few collectives it needs.
+
+Inside a ``torch.distributed`` process group (Ray Train sets one up: gloo on CPU, NCCL on
+GPU) every worker runs the same :class:`core.trainer.Trainer`. Gradients are averaged by
+``DistributedDataParallel``; what DDP does not cover lives here: the normalisation
+statistics of a step (:func:`all_reduce_mean`), the per-epoch features, which each worker
+computes for its share of the stories and rank 0 collects (:func:`gather_to_first`), and
+rank 0's ridge results handed to every worker (:func:`broadcast`). Without a process group
+every function is the identity, so the single-process path runs the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rank_and_world", "barrier", "all_reduce_mean", "broadcast_", "gather_to_first", "broadcast"]
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, or (0, 1) without one."""
+    dist = _dist()
+    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+
+
+def _device():
+    dist = _dist()
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait for every worker, as an all-reduce of one number.
+
+    Not ``dist.barrier()``: with gloo it let one worker run ahead into the next epoch's
+    gradient all-reduce while another still waited in the barrier (seen in 2-worker Ray
+    Train runs on CPU: a deadlock). An all-reduce completes on every worker or on none.
+    """
+    dist = _dist()
+    if dist and dist.get_world_size() > 1:
+        dist.all_reduce(torch.zeros(1, device=_device()))
+
+
+def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor, in place, by its mean over the workers."""
+    dist = _dist()
+    if not dist or dist.get_world_size() == 1:
+        return
+    for tensor in tensors:
+        moved = tensor.to(_device())
+        dist.all_reduce(moved)
+        tensor.copy_(moved / dist.get_world_size())
+
+
+def broadcast_(tensors: list[torch.Tensor]) -> None:
+    """Overwrite each tensor, in place, with rank 0's."""
+    dist = _dist()
+    if not dist or dist.get_world_size() == 1:
+        return
+    for tensor in tensors:
+        moved = tensor.to(_device())
+        dist.broadcast(moved, src=0)
+        tensor.copy_(moved)
+
+
+def gather_to_first(part: dict) -> dict | None:
+    """Merge every worker's dict on rank 0 (None elsewhere); the dict itself without workers."""
+    dist = _dist()
+    if not dist or dist.get_world_size() == 1:
+        return part
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    return {key: value for piece in parts for key, value in piece.items()}
+
+
+def broadcast(value):
+    """Rank 0's ``value`` on every worker (any picklable object)."""
+    dist = _dist()
+    if not dist or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

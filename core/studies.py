@@ -1,0 +1,132 @@
+"""Study measures of a tuned model, outside the training loop: cross-subject transfer and probes.
+
+Both take a :class:`core.trainer.Trainer` whose model holds the weights to study (the
+best epoch, in :meth:`core.trainer.Trainer.evaluate`) and compare it with the pretrained
+model through the same pipeline, so only the backbone differs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import probes
+from .evaluation import Evaluation, held_out_responses, ridge_evaluation, score
+from .extract import all_window_features
+from .loss import loss_fn, voxel_weights
+from .model import Readout, ridge_as_linear
+
+__all__ = ["transfer", "probe", "fit_bottleneck_readout"]
+
+
+def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, outputs: np.ndarray,
+                           weights: np.ndarray, config, device: torch.device) -> Readout:
+    """A readout (rank ``config.bottleneck``) trained on fixed features, as the trainer trains its own.
+
+    It starts from the ridge fit (its best rank-k approximation, like the trainer's epoch
+    0) and is trained for ``config.epochs`` passes of ``config.block_trs``-TR blocks with
+    ``config.loss`` and ``config.readout_lr``; only the features never change.
+
+    Parameters
+    ----------
+    features : story -> array of shape (n_trs, n_features), the training stories' features.
+    responses : story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
+    fit : the ridge fit on those features (all voxels).
+    outputs : int array of shape (n_outputs,), the voxels predicted.
+    weights : array of shape (n_outputs,), the loss weight of each predicted voxel.
+    """
+    from .trainer import epoch_blocks
+
+    torch.manual_seed(config.seed)
+    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
+    readout.set_linear(*ridge_as_linear(fit, outputs))
+    readout.to(device)
+    optimizer = torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
+    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
+    y = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in responses.items()}
+    w = torch.as_tensor(weights, dtype=torch.float32, device=device)
+    for epoch in range(1, config.epochs + 1):
+        for story, start, stop in epoch_blocks({s: len(v) for s, v in x.items()}, config.block_trs, config.seed, epoch):
+            loss = loss_fn(config.loss, readout(x[story][start:stop]), y[story][start:stop], w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return readout.eval()
+
+
+def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
+    """Other subjects' readouts on the trainer's current features and on the pretrained model's.
+
+    The cross-subject transfer of the paper: the backbone is kept fixed and a new ridge
+    readout is fitted on each subject's training stories, then scored on its test
+    stories; the same on the pretrained model's features is the reference. Each also
+    gets a bottleneck readout trained on those fixed features
+    (:func:`fit_bottleneck_readout`), the paper's readout. A story's window vectors do
+    not depend on the subject: they are computed once for every subject.
+
+    Returns ``{subject: {"baseline", "tuned", "baseline_readout", "tuned_readout"}}`` -> Evaluation.
+    """
+    if not subjects:
+        return {}
+    config, dataset = trainer.config, trainer.dataset
+    splits = {s: dataset.split(s, test=config.test_stories, val=config.val_stories) for s in subjects}
+    stories = sorted({story for split in splits.values() for story in (*split.train, *split.test)})
+    trainer.progress(f"transfer to {', '.join(subjects)}: window vectors of {len(stories)} stories")
+    vectors = {"baseline": trainer.window_vectors(stories, trainer.frozen_features()),
+               "tuned": trainer.window_vectors(stories)}
+    results = {}
+    for subject, split in splits.items():
+        weights = voxel_weights(config.roi_weights, dataset.roi_masks(subject), dataset.nan_voxels(subject))
+        outputs = np.flatnonzero(weights > 0)
+        held_out, ceiling = held_out_responses(dataset, subject, split.test)
+        results[subject] = {}
+        for name, by_story in vectors.items():
+            features = {}
+            for story in (*split.train, *split.test):
+                inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story), None)
+                features[story] = trainer.model.ridge_features(inp, by_story[story])
+            fit, scored = ridge_evaluation(features, dataset, subject, split.train, {"test": split.test},
+                                           seed=config.seed, backend=config.ridge_backend)
+            results[subject][name] = scored["test"]
+            responses = {s: dataset.responses(subject, s, voxels=outputs) for s in split.train}
+            readout = fit_bottleneck_readout({s: features[s] for s in split.train}, responses, fit, outputs,
+                                             weights[outputs], config, trainer.device)
+            with torch.no_grad():
+                test_x = torch.as_tensor(np.concatenate([features[s] for s in split.test]), device=trainer.device)
+                predicted = readout(test_x).float().cpu().numpy()
+            full = np.full((len(predicted), len(weights)), np.nan, np.float32)
+            full[:, outputs] = predicted
+            results[subject][f"{name}_readout"] = score(full, held_out, dataset.roi_masks(subject), ceiling)
+    return results
+
+
+def probe(trainer) -> dict:
+    """Word-level probes (:mod:`core.probes`) of the pretrained model and of the trainer's current one.
+
+    Probes are fitted on the training stories' words and scored on the test stories'.
+    Returns ``{family: {layer (str): {"pretrained": r, "tuned": r}}}``.
+    """
+    config, dataset = trainer.config, trainer.dataset
+    layers = config.probe_layers or list(range(1, config.readout_layer + 1))
+    targets = probes.families(config.probes, dataset, trainer.spec, str(trainer.device))
+    frozen = trainer.frozen_features()
+
+    def tuned(story):
+        return all_window_features(trainer.model.wavlm, dataset.audio(story), trainer.spec, layers,
+                                   batch_windows=config.batch_windows, cnn_cache=trainer.cnn_cache,
+                                   device=trainer.device)
+
+    def pretrained(story):
+        return frozen.window_features(dataset, story, layers)
+
+    training = trainer.model.training
+    trainer.model.eval()  # no adapter dropout in the features probed
+    try:
+        trainer.progress(f"probes: {', '.join(targets)} at layers {layers}")
+        scores = {name: probes.run_probes(dataset, list(trainer.split.train), list(trainer.split.test), features,
+                                          targets, layers, seed=config.seed, backend=config.ridge_backend)
+                  for name, features in (("pretrained", pretrained), ("tuned", tuned))}
+    finally:
+        trainer.model.train(training)
+    return {family: {str(layer): {name: scores[name][family][layer] for name in scores} for layer in layers}
+            for family in targets}
