@@ -1,5 +1,5 @@
-"""What the studies measure, in core: cross-subject transfer (Trainer.transfer) and word-level
-probes (Trainer.probe, core.probes), checked against the planted-teacher truth.
+"""What the studies measure, in core: cross-subject transfer (core.studies.transfer) and word-level
+probes (core.studies.probe, core.probes), checked against the planted-teacher truth.
 
 "What perfect tuning reaches" is made exact here: a run on UTS01 whose layer 3 (the
 planted layer, fully fine-tuned) holds the teacher's weights. Real tuning on the tiny data
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from core import probes, synth
+from core import probes, studies, synth
 from core.config import TrainConfig
 from core.dataset import Dataset
 from core.errors import ConfigError, DataError
@@ -45,7 +45,7 @@ def _group(data, subject: str, name: str) -> np.ndarray:
 def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other(teacher_run, tiny_data):
     """UTS02 (same teacher, its own voxels and noise): a new ridge readout on UTS01's backbone
     gains on UTS02's planted voxels as much as the teacher gives (0.728 -> 0.845)."""
-    result = teacher_run.transfer("UTS02")
+    result = studies.transfer(teacher_run, ["UTS02"])["UTS02"]
     high = _group(tiny_data, "UTS02", "high")
     r = {name: np.nanmean(result[name].r[high]) for name in result}
     assert 0.65 < r["baseline"] < 0.8
@@ -56,7 +56,7 @@ def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other
 
 
 def test_probes_of_the_planted_change_rise_where_it_was_planted_and_nothing_else_moves(teacher_run):
-    scores = teacher_run.probe()
+    scores = studies.probe(teacher_run)
     assert set(scores) == {"acoustic", "planted", "unchanged", "semantic"} and set(scores["planted"]) == {"1", "2", "3"}
     for family in scores:  # below the planted layer the backbone is the pretrained one
         for layer in ("1", "2"):
