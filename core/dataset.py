@@ -74,7 +74,7 @@ SOUND_START = 10.0  # seconds from the scan's start to the audio's start
 PAPER_TEST = ("wheretheressmoke",)
 PAPER_VAL = ("fromboyhoodtofatherhood", "onapproachtopluto")
 
-_MAX_AUDIO_SHORTFALL_TRS = 5  # validate(): audio may end this many TRs before the last TR
+_MAX_AUDIO_SHORTFALL_TRS = 5  # check_audio(): audio may end this many TRs before the last TR
 _ROW_BLOCK = 64  # rows per HDF5 read when selecting voxels: bounds the temporary copy
 
 
@@ -95,7 +95,8 @@ class Dataset:
     root : str or Path
         The dataset folder, holding ``stimuli/`` and ``derivative/preprocessed_data/``.
     tr : float, default TR
-        Seconds between fMRI volumes.
+        Seconds between fMRI volumes: the scanner's 2.0045 s, or 2.0 to reproduce the
+        reference tooling's grid (1.4 s earlier by row 300; see the module docstring).
     sound_start : float, default SOUND_START
         Seconds from the scan's start to the audio's start.
     trim_start, trim_end : int, default TRIM_START, TRIM_END
