@@ -12,7 +12,9 @@
 - ``DIR/derivative/preprocessed_data/<SUBJECT>/<story>.hf5``: responses, trimmed as in
   ds003020 (10 TRs off the start, 5 off the end), NaN voxels included; the test story holds
   ``individual_repeats`` and ``data`` is their mean.
-- ``DIR/derivative/rois/<SUBJECT>.hf5``: ROI masks ``AC``, ``left``, ``right``.
+- ``DIR/derivative/rois/<SUBJECT>.hf5``: ROI masks ``AC``, ``left``, ``right`` and
+  ``planted`` (the "high" voxels below, driven by the layer the planted change reaches), so
+  every run reports its r there like on any ROI.
 - ``DIR/derivative/respdict.json``: untrimmed TR counts.
 - ``DIR/truth/``: what a method should recover (``truth.json``: planted layers, rank,
   scale, noise levels; ``<SUBJECT>.hf5``: voxel groups, noise sd, the noiseless test
@@ -20,9 +22,20 @@
 
 How responses are made: the *teacher* is the pretrained model with a planted rank-``r``
 change ``scale * U V^T`` added to the q and v projections of ``planted_layers``. Teacher
-window features at ``low_layer`` and ``high_layer`` go through the same pipeline the
-models use (Lanczos to TRs, z-score, delays 1..4 with an HRF-like FIR), then through a
-low-rank random readout per subject. Voxel groups:
+window features at ``low_layer`` and ``high_layer`` become TR features by one of two
+response models (``SynthSpec.response_model``, ``--response-model``), then go through a
+low-rank random readout per subject:
+
+- ``fir`` (default): the pipeline the models use (Lanczos to TRs, z-score, delays 1..4
+  weighted by an HRF-like FIR, ``HRF_FIR``). A model with the right features can fit it
+  exactly.
+- ``hrf``: independent of that pipeline, as a real brain is. Window features are z-scored
+  over the story, averaged within each TR (TR ``j`` averages the windows that end in
+  ``(t_j - TR, t_j]``, ``t_j`` the row's time), then convolved with SPM's canonical
+  double-gamma HRF sampled at the TR (:func:`canonical_hrf`; its undershoot reaches past
+  the models' 4 delays).
+
+Voxel groups:
 
 - ``AC``: driven by low-layer features only (the planted change does not reach them).
 - ``high``: driven by high-layer features (left hemisphere mostly high, right hemisphere
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -49,9 +63,9 @@ import numpy as np
 import torch
 
 from . import dataset as ds
-from .errors import BrainsweepError, DataError
+from .errors import BrainsweepError, ConfigError, DataError
 from .extract import all_window_features, to_trs
-from .features import DELAYS, WindowSpec
+from .features import DELAYS, WindowSpec, zscore
 from .textgrid import Interval
 
 TEST_STORY = ds.PAPER_TEST[0]
@@ -62,7 +76,8 @@ TRAIN_STORY_NAMES = (
     "eyespy", "hangtime", "inamoment", "itsabox", "sloth", "stagefright", "tildeath", "laws",
 )
 GROUPS = ("AC", "high", "silent")
-HRF_FIR = (0.35, 1.0, 0.7, 0.25)  # weights of delays 1..4 TRs
+HRF_FIR = (0.35, 1.0, 0.7, 0.25)  # weights of delays 1..4 TRs (the "fir" response model)
+RESPONSE_MODELS = ("fir", "hrf")
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,11 @@ class SynthSpec:
     fraction_nan: float = 0.03
     sample_rate: int = 16000
     window: dict = field(default_factory=lambda: WindowSpec().as_dict())
+    response_model: str = "fir"
+
+    def __post_init__(self):
+        if self.response_model not in RESPONSE_MODELS:
+            raise ConfigError(f"response_model: one of {', '.join(RESPONSE_MODELS)} (got {self.response_model!r})")
 
     def stories(self) -> dict[str, int]:
         """Story -> number of (trimmed) response TRs."""
@@ -110,9 +130,8 @@ class SynthSpec:
 SIZES = {
     "tiny": SynthSpec(),
     "demo": SynthSpec(
-        n_voxels=600, n_train_stories=10, train_trs=120, val_trs=60, test_trs=80, n_repeats=8,
-        hidden_size=96, num_layers=6, num_heads=4, intermediate_size=192, conv_dim=48,
-        low_layer=2, high_layer=5, planted_layers=(4, 5), planted_rank=2,
+        n_train_stories=20, train_trs=100,
+        window=WindowSpec(context=1.75, chunk=0.25, stride=1.0).as_dict(),
     ),
     # The tiny model with 20 training stories of 100 TRs (2000 TRs, about a fifth of one
     # ds003020 subject's): enough data for brain-tuning to find the planted change, which
@@ -247,7 +266,8 @@ def _add_vowel(audio, start, length, formants, f0, rng, sr):
     phase = 2 * np.pi * np.cumsum(contour) / sr
     harmonics = np.arange(1, int(4000 // f0) + 1)
     amps = sum(np.exp(-0.5 * ((harmonics * f0 - f) / 90.0) ** 2) / (1 + k) for k, f in enumerate(formants))
-    wave = (amps[:, None] * np.sin(harmonics[:, None] * phase[None, :])).sum(0)
+    keep = amps > 1e-4 * amps.max()  # harmonics far from every formant are inaudible; skipping them is most of the speed
+    wave = amps[keep] @ np.sin(harmonics[keep, None] * phase[None, :])
     audio[i : i + n] += wave / max(np.abs(wave).max(), 1e-9) * _envelope(n)
 
 
@@ -265,8 +285,9 @@ def tr_times(n_trs: int, tr: float = ds.TR) -> np.ndarray:
 def subject_readout(spec: SynthSpec, d: int, subject_index: int):
     """Per-subject truth: voxel groups, hemispheres, mixing weights, readout and noise.
 
-    Returns a dict of arrays; ``w_low`` and ``w_high`` have shape
-    (len(DELAYS) * d, n_voxels), the rest (n_voxels,).
+    Returns a dict of arrays; ``w_low`` and ``w_high`` have shape (d, n_voxels) (the
+    readout of one TR's features, before the response model spreads it over time), the
+    rest (n_voxels,).
     """
     rng = np.random.default_rng([spec.seed, 100 + subject_index])
     n = spec.n_voxels
@@ -281,18 +302,70 @@ def subject_readout(spec: SynthSpec, d: int, subject_index: int):
     # Hemispheres mix differently: left high voxels are mostly high-layer, right ones mix.
     mix_low = np.select([group == 0, group == 2, left], [1.0, 0.0, 0.15], default=0.6)
     mix_high = np.select([group == 0, group == 2, left], [0.0, 0.0, 1.0], default=0.7)
-    fir = np.asarray(HRF_FIR)[:, None, None]
 
     def readout():
         proj = rng.standard_normal((d, spec.readout_rank)) / np.sqrt(d)
         mixing = rng.standard_normal((spec.readout_rank, n))
-        return (fir * (proj @ mixing)[None]).reshape(len(DELAYS) * d, n)
+        return proj @ mixing
 
     return {
         "group": group, "left": left, "nan": nan,
         "w_low": readout() * mix_low, "w_high": readout() * mix_high,
         "noise_sd": rng.uniform(*spec.noise_sd, n),
     }
+
+
+def canonical_hrf(tr: float = ds.TR, length: float = 32.0) -> np.ndarray:
+    """SPM's canonical double-gamma HRF sampled every ``tr`` seconds from 0 to ``length``.
+
+    ``h(t) = g(t; 6) - g(t; 16) / 6`` with ``g(t; a) = t^(a-1) e^(-t) / Gamma(a)`` (peak
+    near 5 s, undershoot near 15 s), scaled to sum to 1.
+
+    Returns
+    -------
+    float64 array of shape (ceil(length / tr),); entry ``k`` weighs the TR ``k`` TRs back.
+    """
+    t = np.arange(0.0, length, tr)
+    h = t**5 * np.exp(-t) / math.gamma(6) - t**15 * np.exp(-t) / math.gamma(16) / 6
+    return h / h.sum()
+
+
+def tr_features(spec: SynthSpec, window_features: np.ndarray, window_times: np.ndarray, n_trs: int) -> np.ndarray:
+    """Window features -> the TR features that the readout of ``spec.response_model`` reads.
+
+    Parameters
+    ----------
+    window_features : array of shape (n_windows, d)
+    window_times : array of shape (n_windows,), window end times on the audio clock
+    n_trs : number of (trimmed) response rows
+
+    Returns
+    -------
+    float64 array of shape (n_trs, len(DELAYS) * d) for ``fir``, (n_trs, d) for ``hrf``
+    """
+    if spec.response_model == "fir":
+        return to_trs(window_features, window_times, tr_times(n_trs)).astype(np.float64)
+    # Row times of the whole run, untrimmed: from the scanner's first TR, before the sound starts.
+    grid = np.arange(ds.TRIM_START + n_trs) * ds.TR + ds.TR / 2 - ds.SOUND_START
+    rows = np.searchsorted(grid, window_times, side="left")  # the row whose TR the window ends in
+    inside = rows < len(grid)
+    sums = np.zeros((len(grid), window_features.shape[1]))
+    np.add.at(sums, rows[inside], zscore(np.asarray(window_features, dtype=np.float64))[inside])
+    counts = np.bincount(rows[inside], minlength=len(grid))[:, None]
+    averaged = sums / np.maximum(counts, 1)  # a TR without windows (before the sound) reads the story mean, 0
+    convolved = np.zeros_like(averaged)
+    for k, h in enumerate(canonical_hrf()):
+        convolved[k:] += h * averaged[: len(averaged) - k]
+    return convolved[ds.TRIM_START :]
+
+
+def response_weights(spec: SynthSpec, w: np.ndarray) -> np.ndarray:
+    """A readout ``w`` of shape (d, n_voxels) as weights on :func:`tr_features`' columns.
+
+    ``fir``: the delays' blocks weighted by ``HRF_FIR``, shape (len(DELAYS) * d, n_voxels);
+    ``hrf``: ``w`` itself (the HRF is already in the features).
+    """
+    return np.concatenate([h * w for h in HRF_FIR]) if spec.response_model == "fir" else w
 
 
 def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: bool = False,
@@ -333,6 +406,8 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
     window = WindowSpec(**spec.window)
     stories = spec.stories()
     readouts = [subject_readout(spec, spec.hidden_size, i) for i in range(len(spec.subjects))]
+    for r in readouts:
+        r["w_low"], r["w_high"] = response_weights(spec, r["w_low"]), response_weights(spec, r["w_high"])
     rng = np.random.default_rng([spec.seed, 7])
 
     signals = {s: {} for s in spec.subjects}
@@ -343,15 +418,17 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
         ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
                           {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         times, feats = all_window_features(teacher, audio, window, [spec.low_layer, spec.high_layer])
-        x_low = to_trs(feats[spec.low_layer], times, tr_times(n_trs)).astype(np.float64)
-        x_high = to_trs(feats[spec.high_layer], times, tr_times(n_trs)).astype(np.float64)
+        x_low = tr_features(spec, feats[spec.low_layer], times, n_trs)
+        x_high = tr_features(spec, feats[spec.high_layer], times, n_trs)
         for subject, r in zip(spec.subjects, readouts):
             signals[subject][story] = x_low @ r["w_low"] + x_high @ r["w_high"]
 
     ds.write_respdict(root / "derivative" / "respdict.json",
                       {story: n + ds.TRIM_START + ds.TRIM_END + ds.RESPDICT_PAD for story, n in stories.items()})
-    truth = {"spec": json.loads(json.dumps(asdict(spec))), "groups": list(GROUPS), "delays": list(DELAYS),
-             "hrf_fir": list(HRF_FIR), "test_story": TEST_STORY, "val_stories": list(VAL_STORIES),
+    response = ({"delays": list(DELAYS), "hrf_fir": list(HRF_FIR)} if spec.response_model == "fir"
+                else {"hrf": canonical_hrf().tolist(), "tr": ds.TR})
+    truth = {"spec": json.loads(json.dumps(asdict(spec))), "groups": list(GROUPS),
+             "response_model": spec.response_model, **response, "test_story": TEST_STORY, "val_stories": list(VAL_STORIES),
              "model": "pretrained", "teacher": "truth/teacher",
              "notes": "noise_sd is per voxel; each voxel's signal has unit variance over all stories"}
     for i, (subject, r) in enumerate(zip(spec.subjects, readouts)):
@@ -382,7 +459,8 @@ def _write_subject(root: Path, subject: str, spec: SynthSpec, r: dict, signals: 
         ds.write_responses(resp_dir / f"{story}.hf5", data.astype(np.float32),
                            None if repeats is None else repeats.astype(np.float32))
     ds.write_roi_masks(root / "derivative" / "rois" / f"{subject}.hf5",
-                       {"AC": r["group"] == GROUPS.index("AC"), "left": r["left"], "right": ~r["left"]})
+                       {"AC": r["group"] == GROUPS.index("AC"), "left": r["left"], "right": ~r["left"],
+                        "planted": r["group"] == GROUPS.index("high")})
     # Exact ceiling of the stored test response (the mean of the repeats).
     s = test_signal.std(axis=0)
     noise_of_mean = noise_sd / np.sqrt(spec.n_repeats)
@@ -403,10 +481,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder to write the dataset to")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--response-model", choices=RESPONSE_MODELS,
+                        help="how teacher features become responses (default: the size's, fir)")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
     args = parser.parse_args(argv)
     try:
-        path = generate(args.out, replace(SIZES[args.size], seed=args.seed), force=args.force)
+        spec = replace(SIZES[args.size], seed=args.seed,
+                       response_model=args.response_model or SIZES[args.size].response_model)
+        path = generate(args.out, spec, force=args.force)
     except BrainsweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
