@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -140,10 +141,16 @@ def run_size(size: str, device: str, precision: str, steps: int, n_voxels: int, 
 
 
 def machine() -> dict:
+    """What a result was measured on: platform, versions, threads, GPU and the commit."""
+    import transformers
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": torch.get_num_threads()}
+            "transformers": transformers.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "commit": commit or None}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info
 
 
