@@ -47,26 +47,26 @@ def barrier() -> None:
         dist.all_reduce(torch.zeros(1, device=_device()))
 
 
+def _in_place(tensors: list[torch.Tensor], collective) -> None:
+    """Run ``collective`` on each tensor (moved to the process group's device) and copy the result back."""
+    for tensor in tensors:
+        moved = tensor.to(_device())
+        collective(moved)
+        tensor.copy_(moved)
+
+
 def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     """Replace each tensor, in place, by its mean over the workers."""
     dist = _dist()
-    if not dist or dist.get_world_size() == 1:
-        return
-    for tensor in tensors:
-        moved = tensor.to(_device())
-        dist.all_reduce(moved)
-        tensor.copy_(moved / dist.get_world_size())
+    if dist and dist.get_world_size() > 1:
+        _in_place(tensors, lambda t: (dist.all_reduce(t), t.div_(dist.get_world_size())))
 
 
 def broadcast_(tensors: list[torch.Tensor]) -> None:
     """Overwrite each tensor, in place, with rank 0's."""
     dist = _dist()
-    if not dist or dist.get_world_size() == 1:
-        return
-    for tensor in tensors:
-        moved = tensor.to(_device())
-        dist.broadcast(moved, src=0)
-        tensor.copy_(moved)
+    if dist and dist.get_world_size() > 1:
+        _in_place(tensors, lambda t: dist.broadcast(t, src=0))
 
 
 def gather_to_first(part: dict) -> dict | None:
