@@ -1,9 +1,11 @@
 """Run a sweep: ``python -m sweeper.launch``.
 
-With no arguments it generates (or reuses) the tiny synthetic dataset, runs
+With no arguments it generates (or reuses) the ``demo`` synthetic dataset, runs
 ``search_spaces/demo.yaml`` on a local Ray instance, shows progress, and ends with a table
 per subject (best configuration, baseline vs tuned r per ROI) and the command that opens
-the MLflow UI.
+the MLflow UI. On a planted-teacher dataset (one with ``truth/``) the table adds, on the
+planted voxels, frozen, tuned and teacher ridge with the share of the gap closed, and the
+trials' LoRA layers in the search's order next to the planted ones.
 
     python -m sweeper.launch [--config FILE] [--data DIR] [--subjects S ...] [--num-samples N]
                              [--address ADDR] [--storage DIR] [--tracking-uri URI]
@@ -15,6 +17,7 @@ A bad search-space file or a missing dataset is reported in one line, before Ray
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -184,9 +187,47 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     )
 
 
-def summarize(results, spec: SweepSpec, subjects: list[str]) -> str:
-    """Per subject: the best trial's searched settings, and baseline vs tuned r per ROI."""
+def teacher_ridge(data: Path, subject: str, config: dict, progress=progress) -> float:
+    """Test r on the planted voxels of ridge on the teacher's features: what full recovery gives.
+
+    The truth of a planted-teacher dataset (``core.synth``), measured like the frozen
+    baseline (:func:`core.baseline.run_baseline`, the teacher model in place of the
+    pretrained one) at the trial's read-out layer, windows, delays and split. Cached in
+    ``truth/teacher_ridge.json``, one entry per subject and setting.
+    """
+    from core.baseline import run_baseline
+    from core.dataset import Dataset
+    from core.features import WindowSpec
+
+    settings = {"subject": subject, "layer": config["readout_layer"], "delays": config["delays"],
+                "window": {k: config[k] for k in ("context", "chunk", "stride")},
+                "test": config["test_stories"], "val": config["val_stories"]}
+    key = json.dumps(settings, sort_keys=True)
+    cache = data / "truth" / "teacher_ridge.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        progress(f"{subject}: ridge on the teacher's layer-{settings['layer']} features (the truth, once)")
+        teacher = json.loads((data / "truth" / "truth.json").read_text())["teacher"]
+        result, _ = run_baseline(Dataset(data), subject, settings["layer"], str(data / teacher),
+                                 test=settings["test"], val=settings["val"], spec=WindowSpec(**settings["window"]),
+                                 delays=settings["delays"], progress=lambda m: None)
+        known[key] = result.summary["roi_mean_r"]["planted"]
+        cache.write_text(json.dumps(known, indent=1))
+    return known[key]
+
+
+def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None = None) -> str:
+    """Per subject: the best trial's searched settings, and baseline vs tuned r per ROI.
+
+    On a planted-teacher dataset (``data`` with ``truth/``) also, on the planted voxels:
+    frozen ridge (the baseline), tuned ridge (the best trial's test r), teacher ridge
+    (:func:`teacher_ridge`), the share of the gap closed, and the LoRA layers the search
+    ranked first next to the planted ones.
+    """
+    from .space import train_config
+
     metric, mode = spec.objective.metrics[0], spec.objective.modes[0]
+    truth = json.loads((data / "truth" / "truth.json").read_text()) if data and (data / "truth" / "truth.json").exists() else None
     lines = []
     for subject in subjects:
         done = [r for r in results if r.config and r.config.get("subject") == subject and r.metrics
@@ -194,7 +235,8 @@ def summarize(results, spec: SweepSpec, subjects: list[str]) -> str:
         if not done:
             lines.append(f"{subject}: no trial finished")
             continue
-        best = (max if mode == "max" else min)(done, key=lambda r: r.metrics.get(metric, float("-inf")))
+        ranked = sorted(done, key=lambda r: r.metrics.get(metric, float("-inf")), reverse=mode == "max")
+        best = ranked[0]
         m = best.metrics
         settings = ", ".join(f"{k}={v}" for k, v in best.config["settings"].items())
         lines.append(f"{subject}: best trial {m.get('trial_id', '')} ({metric} {m[metric]:.3f}; {len(done)} finished): {settings}")
@@ -203,6 +245,14 @@ def summarize(results, spec: SweepSpec, subjects: list[str]) -> str:
         for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r")):
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
             lines.append(f"  {label:<10}" + "".join(f"{v:>9.3f}" for v in values))
+        if truth is not None and "test_r.planted" in m:
+            frozen, tuned = m["baseline_r.planted"], m["test_r.planted"]
+            teacher = teacher_ridge(data, subject, train_config(spec.fixed, best.config["settings"]).to_dict())
+            lines.append(f"  planted voxels: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
+                         f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
+            order = ", ".join(f"{train_config(spec.fixed, r.config['settings']).lora_layer_list()} "
+                              f"{r.metrics.get(metric, float('nan')):.3f}" for r in ranked)
+            lines.append(f"  LoRA layers ranked by {metric}: {order}; planted: {truth['spec']['planted_layers']}")
     return "\n".join(lines)
 
 
@@ -269,7 +319,7 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
     print()
-    print(summarize(results, spec, subjects))
+    print(summarize(results, spec, subjects, data))
     write_report(tracking_uri, spec.name, storage / "report")
     if tracking_uri.startswith("sqlite:"):
         ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000)"

@@ -1,29 +1,48 @@
 """The planted-recovery experiment script, end to end on the tiny dataset (short runs).
 
-The recovery itself needs ~2400 training TRs and a GPU-hour's fraction (docs/planted_recovery.md);
-here the script's own logic is checked: its reference numbers are the frozen and teacher
-ridge, and its control (adapters held at zero) gains nothing under the ridge-refit protocol.
+The recovery itself needs ~2000 training TRs (docs/planted_recovery.md); here the script's
+own logic is checked: its frozen reference is the trainer's own epoch-0 ridge (one
+pipeline, voxel for voxel), the truth's gap exists, and the control (adapters held at
+zero) leaves the backbone's features untouched while its readout trains, where LoRA moves them.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
+import h5py
+import numpy as np
 
 from benchmarks import planted_recovery
+from core.dataset import Dataset
 
 
-def test_control_run_gains_nothing_and_references_match_the_truth(tiny_data, tmp_path, capsys):
+def test_references_are_the_trainers_pipeline_and_the_control_does_not_leak(tiny_data, tmp_path, capsys):
     out = tmp_path / "rec"
-    planted_recovery.main(["--data", str(tiny_data), "--out", str(out), "--runs", "no_adapters",
-                           "--set", "epochs=1", "--set", "block_trs=35", "--set", "bottleneck=8"])
+    planted_recovery.main(["--data", str(tiny_data), "--out", str(out), "--runs", "lora,no_adapters", "--jobs", "2",
+                           "--set", "epochs=1", "--set", "block_trs=35", "--set", "bottleneck=8", "--set", "lr=1e-2"])
     report = json.loads((out / "report.json").read_text())
-    ref = report["reference"]
-    # The tiny dataset's gap (tests/test_synth.py): frozen 0.742 vs teacher 0.868 on the planted voxels.
-    assert ref["frozen"]["high"] == pytest.approx(0.742, abs=0.01)
-    assert ref["teacher"]["high"] == pytest.approx(0.868, abs=0.01)
-    control = report["runs"]["no_adapters"]
-    assert control["baseline_r"]["high"] == pytest.approx(ref["frozen"]["high"], abs=0.02)
-    assert abs(control["gap_closed"]) < 0.05
     assert "gap closed" in capsys.readouterr().out
+    ref = report["reference"]
+    # The truth's headroom on the planted voxels (tests/test_synth.py measures it alike).
+    assert ref["teacher"]["high"] - ref["frozen"]["high"] > 0.05
+
+    # One pipeline: the trainer's epoch-0 ridge is core.baseline's frozen ridge, voxel for
+    # voxel (a one-TR shift or another normalisation in either breaks this).
+    frozen = planted_recovery.reference(tiny_data, "UTS01", 3)["frozen"]
+    nan = Dataset(tiny_data).nan_voxels("UTS01")
+    for run in ("lora", "no_adapters"):
+        with h5py.File(out / run / "voxel_r.hf5") as f:
+            np.testing.assert_allclose(f["baseline_r"][:][~nan], frozen[~nan], atol=1e-5)
+        assert abs(report["runs"][run]["offset"]) < 1e-5
+
+    # The control: its readout trained (its own validation r moved), its backbone did not
+    # (the ridge refit on its features scores exactly as at epoch 0). A control whose
+    # adapters move (e.g. given the readout's learning rate) fails here.
+    epoch0, epoch1 = report["runs"]["no_adapters"]["history"]
+    assert abs(epoch1["val_readout_r"] - epoch0["val_readout_r"]) > 1e-4
+    assert abs(epoch1["val_r"] - epoch0["val_r"]) < 1e-6
+    assert abs(report["runs"]["no_adapters"]["gap_closed"]) < 1e-3
+    # ... and the same measure does see a backbone that trains.
+    epoch0, epoch1 = report["runs"]["lora"]["history"]
+    assert abs(epoch1["val_r"] - epoch0["val_r"]) > 1e-4

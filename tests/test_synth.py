@@ -12,7 +12,7 @@ import torch
 
 from core import synth
 from core.dataset import Dataset
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.evaluation import ridge_evaluation
 from core.extract import FrozenFeatures
 from core.wavlm import cnn_features, encode
@@ -32,8 +32,11 @@ def test_layout_is_read_by_the_dataset_loader(tiny_data):
         assert data.n_voxels(subject) == spec.n_voxels
         assert data.repeats(subject, "wheretheressmoke").shape[0] == spec.n_repeats
         masks = data.roi_masks(subject)
-        assert set(masks) == {"AC", "left", "right"}
+        assert set(masks) == {"AC", "left", "right", "planted"}
         assert not (masks["left"] & masks["right"]).any()
+        with h5py.File(tiny_data / "truth" / f"{subject}.hf5") as f:
+            np.testing.assert_array_equal(masks["planted"], f["group"][:] == synth.GROUPS.index("high"))
+            np.testing.assert_array_equal(masks["AC"], f["group"][:] == synth.GROUPS.index("AC"))
         nan = data.nan_voxels(subject)
         assert 0 < nan.sum() < 0.1 * spec.n_voxels
     assert len(data.words("avatar")) > 50 and len(data.phones("avatar")) > len(data.words("avatar"))
@@ -84,24 +87,46 @@ def test_redrawn_weights_make_layers_differ():
     assert _layer_correlation(redrawn, 4) < 0.5
 
 
+def _ridge_r(root, model: str, layer: int) -> np.ndarray:
+    """UTS01's per-voxel test r of ridge on ``model``'s layer features (cached across tests)."""
+    data = Dataset(root)
+    split = data.split("UTS01")
+    extractor = FrozenFeatures(str(root / model))
+    return ridge_evaluation(lambda s: extractor.tr_features(data, "UTS01", s, layer), data, "UTS01",
+                            split.train, split.test).r
+
+
 def test_frozen_ridge_falls_short_of_teacher_ridge_on_planted_voxels(tiny_data):
     """The headroom brain-tuning must close exists, and only where the change was planted."""
-    data = Dataset(tiny_data)
-    split = data.split("UTS01")
-    with h5py.File(tiny_data / "truth" / "UTS01.hf5") as f:
-        group = f["group"][:]
-    high = group == synth.GROUPS.index("high")
-    ac = group == synth.GROUPS.index("AC")
+    masks = Dataset(tiny_data).roi_masks("UTS01")
+    high, ac = masks["planted"], masks["AC"]
     r = {}
-    for name, model in [("frozen", tiny_data / "pretrained"), ("teacher", tiny_data / "truth" / "teacher")]:
-        extractor = FrozenFeatures(str(model))
+    for name, model in [("frozen", "pretrained"), ("teacher", "truth/teacher")]:
         for layer in (1, 3):
-            result = ridge_evaluation(lambda s: extractor.tr_features(data, "UTS01", s, layer), data, "UTS01",
-                                      split.train, split.test)
-            r[name, layer] = (np.nanmean(result.r[high]), np.nanmean(result.r[ac]))
+            voxel_r = _ridge_r(tiny_data, model, layer)
+            r[name, layer] = (np.nanmean(voxel_r[high]), np.nanmean(voxel_r[ac]))
     # Low-layer features are untouched by the planted change; AC voxels are explained alike.
     assert r["frozen", 1][1] == pytest.approx(r["teacher", 1][1], abs=1e-6)
     assert r["frozen", 1][1] > 0.85
     # The planted change leaves a clear gap on the high voxels.
     assert r["teacher", 3][0] - r["frozen", 3][0] > 0.1
     assert r["teacher", 3][0] > 0.8
+
+
+def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
+    """TR averaging + canonical HRF, not our Lanczos + FIR: other responses from the same
+    sound and teacher, and frozen ridge still falls short of teacher ridge on the planted voxels."""
+    spec = replace(synth.SIZES["tiny"], response_model="hrf")
+    root = synth.generate(tmp_path / "hrf", spec, progress=lambda m: None)
+    truth = json.loads((root / "truth" / "truth.json").read_text())
+    assert truth["response_model"] == "hrf" and truth["spec"]["response_model"] == "hrf"
+    assert truth["hrf"] == pytest.approx(synth.canonical_hrf().tolist()) and "hrf_fir" not in truth
+    assert (root / "stimuli/avatar.wav").read_bytes() == (tiny_data / "stimuli/avatar.wav").read_bytes()
+    fir, hrf = Dataset(tiny_data).responses("UTS01", "avatar"), Dataset(root).responses("UTS01", "avatar")
+    planted = Dataset(root).roi_masks("UTS01")["planted"] & np.isfinite(hrf).all(0)
+    same = [np.corrcoef(fir[:, v], hrf[:, v])[0, 1] for v in np.flatnonzero(planted)]
+    assert np.mean(same) < 0.9  # related (same features, same readout) but not the same responses
+    frozen, teacher = (np.nanmean(_ridge_r(root, model, 3)[planted]) for model in ("pretrained", "truth/teacher"))
+    assert teacher - frozen > 0.05
+    with pytest.raises(ConfigError, match="response_model"):
+        replace(spec, response_model="gamma")
