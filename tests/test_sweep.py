@@ -56,13 +56,15 @@ def _runs(storage: Path, experiment: str = "t"):
 
 def test_default_command_records_parent_and_child_runs_in_mlflow(tmp_path):
     """The README's main job, `python -m sweeper.launch` on its built-in default (demo.yaml:
-    the tiny synthetic data, made under data/ on first use), checked through MLflow."""
+    the demo synthetic data, made under data/ on first use), checked through MLflow, and its
+    closing summary on the planted voxels against the truth."""
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
     proc = _launch(["--storage", str(storage)], log)
     _finish(proc, log, 600)
     out = log.read_text()
     assert "UTS01: best trial" in out and "UTS02: best trial" in out and "mlflow ui --backend-store-uri" in out
+    assert out.count("planted voxels: frozen ridge") == 2 and out.count("; planted: [3]") == 2
     client, runs = _runs(storage, "demo")
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -76,7 +78,8 @@ def test_default_command_records_parent_and_child_runs_in_mlflow(tmp_path):
         assert steps == ([0, 1, 2] if child in complete else [0, 1])
     for child in complete:
         metrics = child.data.metrics
-        assert {"test_r", "baseline_r", "test_r.AC", "baseline_r.AC", "best_val_r"} <= set(metrics)
+        assert {"test_r", "baseline_r", "test_r.AC", "baseline_r.AC", "test_r.planted", "baseline_r.planted",
+                "best_val_r"} <= set(metrics)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"voxel_r.hf5", "summary.json", "config.yaml", "roi_r.png", "voxel_r_hist.png"} <= artifacts
     for parent in parents:
