@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 
 from . import wavlm
+from .cache import cache_root
 from .features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
 from .outputs import atomic_write
 
-CACHE_ENV = "BRAINSWEEP_CACHE"
 CACHE_VERSION = 1
 
 
@@ -204,7 +203,7 @@ def file_fingerprint(path: Path) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "brainsweep")) / "features"
+    return cache_root() / "features"
 
 
 class FrozenFeatures:
