@@ -6,7 +6,8 @@ per-voxel alphas on the training stories and scores the test story. It writes
 
 - ``OUT/voxel_r.hf5``: per-voxel ``r`` (and ``ceiling``, ``alpha``), shape (n_voxels,);
 - ``OUT/summary.json``: ``mean_r``, ``roi_mean_r``, ``ceiling_fraction`` (where the test
-  story has repeats) and every setting of the run.
+  story has repeats), ``alpha_edge_fraction`` (voxels whose alpha is at an end of the
+  grid) and every setting of the run.
 
 The model defaults to ``DIR/pretrained`` (present in synthetic datasets).
 """
@@ -26,6 +27,7 @@ from .evaluation import Evaluation, ridge_evaluation
 from .extract import FrozenFeatures
 from .features import DELAYS, WindowSpec
 from .outputs import atomic_dir, write_json, write_voxel_results
+from .ridge import ALPHAS
 
 
 def default_model(data: str | Path) -> str:
@@ -65,12 +67,14 @@ def run_baseline(
         return extractor.tr_features(dataset, subject, story, layer, delays)
 
     started = time.time()
-    result = ridge_evaluation(features, dataset, subject, split.train, split.test, backend=backend, progress=progress)
+    _, evaluations = ridge_evaluation(features, dataset, subject, split.train, {"test": split.test},
+                                      backend=backend, progress=progress)
+    result = evaluations["test"]
     settings = {
         "subject": subject, "model": model, "layer": layer, "data": str(dataset.root),
         "split": {"train": split.train, "val": split.val, "test": split.test},
         "window": spec.as_dict(), "delays": list(delays), "ridge_backend": backend,
-        "alpha_convention": result.alpha_convention, "seconds": round(time.time() - started, 1),
+        "alphas": ALPHAS.tolist(), "alpha_convention": result.alpha_convention, "seconds": round(time.time() - started, 1),
     }
     return result, settings
 
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="WavLM checkpoint folder or hub id (default: DATA/pretrained)")
     parser.add_argument("--test", nargs="+", help="test stories (default: wheretheressmoke)")
     parser.add_argument("--val", nargs="*", help="validation stories, left out of the fit")
-    parser.add_argument("--backend", default="numpy", help="himalaya backend: numpy, torch, torch_cuda")
+    parser.add_argument("--backend", default="numpy", help="ridge backend (himalaya names): numpy, torch (CPU), torch_cuda (GPU)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction")
     parser.add_argument("--cache-dir", help="feature cache (default $BRAINSWEEP_CACHE or ~/.cache/brainsweep)")
     args = parser.parse_args(argv)

@@ -29,8 +29,8 @@ import numpy as np
 # turn estimation noise into huge fractions.
 MIN_CEILING = 0.05
 
-#: Values converted to float64 at once (32 MiB): the block size of the per-voxel metrics.
-BLOCK_ELEMENTS = 2**22
+#: Values converted to float64 at once (8 MiB): the block size of the per-voxel metrics.
+BLOCK_ELEMENTS = 2**20
 
 
 def _blocks(n: int, other: int) -> list[slice]:

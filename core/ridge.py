@@ -285,8 +285,10 @@ class _Basis:
     """One set of training rows, diagonalised: X_c^T X_c = V diag(eigenvalues) V^T.
 
     ``X_c`` is standardised X restricted to the rows and centred on their mean ``x_mean``.
-    ``projected`` holds the held-out rows of a fold, centred on ``x_mean`` and projected
-    onto V: shape (n_val, n_features); None for the basis of all rows.
+    For a fold, the held-out rows centred on ``x_mean`` and projected onto V are kept
+    factored as ``val_q @ val_r`` (thin QR): ``val_q`` of shape (n_val, k) with
+    orthonormal columns and ``val_r`` of shape (k, n_features), k = min(n_val,
+    n_features), so that validation errors cost k (not n_val) rows per alpha.
     """
 
     rows: torch.Tensor | None
@@ -294,7 +296,8 @@ class _Basis:
     x_mean: torch.Tensor
     vectors: torch.Tensor
     eigenvalues: torch.Tensor
-    projected: torch.Tensor | None
+    val_q: torch.Tensor | None = None
+    val_r: torch.Tensor | None = None
 
 
 def _gram(Xz: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,9 +321,12 @@ def _basis(Xz: torch.Tensor, total: torch.Tensor, gram: torch.Tensor, n_rows: in
     eigenvalues, vectors = torch.linalg.eigh(gram - n_rows * torch.outer(x_mean, x_mean))
     vectors = vectors.float()
     x_mean = x_mean.float()
-    projected = None if val_rows is None else (Xz[val_rows] - x_mean) @ vectors
-    return _Basis(rows=rows, val_rows=val_rows, x_mean=x_mean, vectors=vectors,
-                  eigenvalues=eigenvalues.clamp(min=0).float(), projected=projected)
+    basis = _Basis(rows=rows, val_rows=val_rows, x_mean=x_mean, vectors=vectors,
+                   eigenvalues=eigenvalues.clamp(min=0).float())
+    if val_rows is not None:
+        val_q, val_r = torch.linalg.qr(((Xz[val_rows] - x_mean) @ vectors).double())
+        basis.val_q, basis.val_r = val_q.float(), val_r.float()
+    return basis
 
 
 def fit_ridge(X, Y, alphas=ALPHAS, chunk_len: int = 40, n_folds: int = 5, seed: int = 0,
@@ -473,10 +479,14 @@ def _solve_block(Xz: torch.Tensor, Y: torch.Tensor, full: _Basis, folds: list[_B
         coords = fold.vectors.T @ train_cross
         total_ss = torch.square(Y_val - val_sum / len(Y_val)).sum(0)
         Y_val -= y_train_mean
+        # ||Y_val - Q R c||^2 = (||Y_val||^2 - ||Q^T Y_val||^2) + ||Q^T Y_val - R c||^2
+        val_coords = fold.val_q.T @ Y_val
+        outside_ss = (torch.square(Y_val).sum(0) - torch.square(val_coords).sum(0)).clamp(min=0)
+        del Y_val
         for i, alpha in enumerate(alphas):
-            residual = fold.projected @ (coords / (fold.eigenvalues + alpha)[:, None])
-            residual -= Y_val
-            r2 = 1.0 - torch.square(residual).sum(0) / total_ss
+            residual = fold.val_r @ (coords / (fold.eigenvalues + alpha)[:, None])
+            residual -= val_coords
+            r2 = 1.0 - (outside_ss + torch.square(residual).sum(0)) / total_ss
             scores[i] += torch.where(total_ss > 0, r2, torch.zeros_like(r2)).double()
     scores /= len(folds)
     # A slope of 1e-10 per log-alpha breaks ties towards larger alphas (himalaya's rule).
