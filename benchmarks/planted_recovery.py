@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 
 from core.cli import quiet_libraries
+from core.config import TrainConfig
 from core.dataset import Dataset
 from core.baseline import run_baseline
 from core.features import WindowSpec
@@ -55,11 +56,11 @@ RUNS = {
 }
 
 
-def reference(data: Path, subject: str, layer: int) -> dict:
-    """Ridge test r per voxel of the frozen and the teacher model's features (the core baseline)."""
+def reference(data: Path, subject: str, layer: int, window: WindowSpec) -> dict:
+    """Ridge test r per voxel of the frozen and the teacher model's features (the core baseline),
+    with the runs' ``window`` settings."""
     dataset = Dataset(data)
     truth = json.loads((data / "truth" / "truth.json").read_text())
-    window = WindowSpec(**truth["spec"]["window"])
     return {name: run_baseline(dataset, subject, layer, str(model), spec=window, cache_dir=data / "cache",
                                progress=lambda m: None)[0].r
             for name, model in (("frozen", data / "pretrained"), ("teacher", data / truth["teacher"]))}
@@ -121,8 +122,10 @@ def main(argv=None) -> int:
               {"readout_layer": layer, "lora_layers": planted, "dropout": 0.0, "lora_dropout": 0.0}.items()]
     common += args.set
 
+    config = TrainConfig.load(overrides=common)
+    window = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
     started = time.time()
-    ref = {name: group_means(r, group) for name, r in reference(data, args.subject, layer).items()}
+    ref = {name: group_means(r, group) for name, r in reference(data, args.subject, layer, window).items()}
     print(f"data {data}: {args.subject}, read-out layer {layer}, planted layers {planted}; "
           f"references in {time.time() - started:.0f} s", flush=True)
 
