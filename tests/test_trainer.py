@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from core.cli import run
 from core.config import TrainConfig
 from core.dataset import Dataset
 from core.model import Readout, adapt
+from core.synth import SIZES, generate
 from core.trainer import Trainer, epoch_blocks
 from core.wavlm import load_wavlm
 
@@ -170,3 +172,38 @@ def test_impossible_settings_get_one_line(setting, expected, small_data, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def hrf_data(tmp_path_factory):
+    """Tiny planted-teacher data whose responses come from TR averaging + a canonical HRF,
+    not from our Lanczos + FIR pipeline (core.synth's second response model)."""
+    return generate(tmp_path_factory.mktemp("data") / "hrf", replace(SIZES["tiny"], response_model="hrf"),
+                    progress=lambda message: None)
+
+
+def test_the_best_epoch_keeps_a_gain_the_features_have_while_the_readout_drifts(hrf_data, tmp_path):
+    """After epoch 0 the backbone gets what perfect tuning would give (the teacher's planted
+    layer; lr=0 keeps it) and the readout is scrambled (a drift). The features then predict
+    the planted voxels better, the readout worse: the best epoch must be 1, and the tuned
+    score must carry the gain. Choosing by the readout's validation r would keep epoch 0."""
+    teacher = load_wavlm(str(hrf_data / "truth" / "teacher"))
+    config = TrainConfig(readout_layer=3, lora_layers=[3], lora_rank=0, lr=0, readout_lr=1e-5, epochs=1,
+                         bottleneck=8, device="cpu", roi_weights={"planted": 1})
+    trainer = None
+
+    def after(record):
+        if record["epoch"] == 0:
+            with torch.no_grad():
+                trainer.model.wavlm.encoder.layers[2].load_state_dict(teacher.encoder.layers[2].state_dict())
+                for p in trainer.model.readout.parameters():
+                    p.copy_(torch.randn_like(p))
+
+    trainer = Trainer(config, Dataset(hrf_data), "UTS01", tmp_path, on_epoch=after)
+    summary = trainer.fit()
+    epoch0, epoch1 = summary["history"]
+    assert epoch1["val_r"] > epoch0["val_r"] + 0.02  # the ridge sees the better features
+    assert epoch1["val_readout_r"] < epoch0["val_readout_r"] - 0.2  # the readout drifted
+    assert summary["best_epoch"] == 1
+    planted = summary["tuned"]["roi_mean_r"]["planted"]
+    assert planted > summary["baseline"]["roi_mean_r"]["planted"] + 0.02
