@@ -82,7 +82,7 @@ class EpochReports:
 
     def epoch(self, record: dict) -> dict:
         flat = {"epoch": record["epoch"], "train_loss": record["train_loss"], "val_r": record["val_r"],
-                "val_readout_r": record["val_readout_r"], "epoch_seconds": record["seconds"],
+                "val_readout_r": record.get("val_readout_r", float("nan")), "epoch_seconds": record["seconds"],
                 "best_epoch": record["best_epoch"]}
         flat.update({f"val_r.{roi}": v for roi, v in record["val_roi_r"].items()})
         self.by_epoch[record["epoch"]] = flat
