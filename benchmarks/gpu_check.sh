@@ -110,12 +110,12 @@ import json, sys
 import numpy as np, torch
 full, resumed = sys.argv[1:]
 a, b = (json.load(open(f"{d}/summary.json")) for d in (full, resumed))
-numbers = lambda s: [h[k] for h in s["history"] for k in ("val_r", "train_loss") if h.get(k) == h.get(k)] + \
-    [s[p]["mean_r"] for p in ("baseline", "tuned", "tuned_readout")]
+numbers = lambda s: [h[k] for h in s["history"] for k in ("val_r", "val_readout_r", "train_loss")
+                     if isinstance(h.get(k), float)] + [s[p]["mean_r"] for p in ("baseline", "tuned", "tuned_readout")]
 x, y = np.array(numbers(a)), np.array(numbers(b))
 pa, pb = (torch.load(f"{d}/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"] for d in (full, resumed))
 dp = max(float((pa[k].float() - pb[k].float()).abs().max() / pa[k].float().abs().max().clamp(min=1e-12)) for k in pa)
-dn = float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-12)))
+dn = float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-12))) if len(x) == len(y) else float("inf")
 ok = pa.keys() == pb.keys() and dn <= 1e-5 and dp <= 1e-5
 print(("PASS" if ok else "FAIL") + f" {len(x)} numbers max rel diff {dn:.2e}, {len(pa)} trained tensors max rel diff {dp:.2e}, "
       f"test r {a['tuned']['mean_r']:.4f} vs {b['tuned']['mean_r']:.4f}")
@@ -229,7 +229,8 @@ print(('INFO' if cpu else 'PASS' if t['epoch_minutes'] <= 2 else 'FAIL') + f\" e
     if step bench_block40 300 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --block-trs 40 \
             --steps "$([[ $MODE == gpu ]] && echo 3 || echo 1)" \
             --json "benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}_block40.json"; then
-        result INFO bench_block40 "$(grep -E '^(trainer|bare) ' "$WORK/bench_block40.log" | tr -s ' ' | paste -sd ';' -)"
+        result INFO bench_block40 "$(awk '/^(trainer|bare) +[0-9]/ {printf "%s%s %s s/block, epoch %s min, %s TFLOP/s",
+                                            sep, $1, $2, $4, $5; sep = "; "}' "$WORK/bench_block40.log")"
     else
         result FAIL bench_block40 "bench_epoch --block-trs 40 failed" "$WORK/bench_block40.log"
     fi
