@@ -92,8 +92,9 @@ def _ridge_r(root, model: str, layer: int) -> np.ndarray:
     data = Dataset(root)
     split = data.split("UTS01")
     extractor = FrozenFeatures(str(root / model))
-    return ridge_evaluation(lambda s: extractor.tr_features(data, "UTS01", s, layer), data, "UTS01",
-                            split.train, split.test).r
+    _, evaluations = ridge_evaluation(lambda s: extractor.tr_features(data, "UTS01", s, layer), data, "UTS01",
+                                      split.train, {"test": split.test})
+    return evaluations["test"].r
 
 
 def test_frozen_ridge_falls_short_of_teacher_ridge_on_planted_voxels(tiny_data):
