@@ -344,10 +344,10 @@ def fit_ridge(X, Y, alphas=ALPHAS, chunk_len: int = 40, n_folds: int = 5, seed: 
     X : array of shape (n_trs, n_features)
         Features, finite.
     Y : array of shape (n_trs, n_voxels), or an object with ``shape == (n_trs, n_voxels)``
-        and ``block(start, stop)`` returning float32 of shape (n_trs, stop - start)
-        Responses, read one voxel block at a time and never copied whole. A voxel column
-        with any NaN/inf is a NaN voxel: it is left out of the fit and gets zero
-        weights and NaN alpha, score and mean.
+        and ``block(start, stop)`` returning a new float32 array of shape (n_trs, stop - start)
+        (the fit may overwrite it). Responses, read one voxel block at a time and never
+        copied whole. A voxel column with any NaN/inf is a NaN voxel: it is left out of
+        the fit and gets zero weights and NaN alpha, score and mean.
     alphas : array of shape (n_alphas,)
         Candidate alphas (himalaya convention, see :data:`ALPHA_CONVENTION`).
     chunk_len, n_folds, seed : int
@@ -425,8 +425,10 @@ def fit_ridge(X, Y, alphas=ALPHAS, chunk_len: int = 40, n_folds: int = 5, seed: 
         good = np.isfinite(block).all(axis=0)
         if not good.any():
             continue
-        Yb = torch.from_numpy(np.ascontiguousarray(block[:, good], dtype=np.float32)).to(device)
+        values = block if good.all() else block[:, good]
         del block
+        Yb = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+        del values
         best, score, W, intercept = _solve_block(Xz, Yb, full, folds, alphas_t)
         columns = np.arange(start, stop)[good]
         chosen[columns] = alphas[best]
