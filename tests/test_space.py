@@ -32,7 +32,7 @@ def test_shipped_spaces_are_valid_and_sample_valid_configs(path):
 
 
 def test_top_layers_end_at_the_readout_layer():
-    spec = load_spec(SPACES / "demo.yaml")
+    spec = load_spec_from({**GOOD, "search": {"lora_layers": {"top_layers": [1, 3]}}})
     seen = set()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(30):
@@ -126,7 +126,7 @@ def test_launch_checks_data_and_sampled_trials_before_ray(tiny_data, tmp_path, c
     assert run(launch_main, ["--config", str(impossible), "--dry-run"]) == 2
     assert "above readout_layer" in capsys.readouterr().err
     assert run(launch_main, ["--data", str(tiny_data), "--dry-run"]) == 0
-    assert "lora_layers: top_layers" in capsys.readouterr().out
+    assert "lora_layers: choice [[1], [2], [3]]" in capsys.readouterr().out  # demo.yaml, planned
 
 
 def test_stability_study_runs_every_method_with_every_seed():
