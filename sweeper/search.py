@@ -95,7 +95,9 @@ class SubjectScheduler(TrialScheduler):
     Rungs are at epochs ``grace_period * reduction_factor**k`` below the last epoch, so
     epoch 0 (the frozen model, the same for every trial) is never a rung, and a trial that
     has finished its last epoch is never stopped: its test evaluation, cheap next to its
-    training, always runs.
+    training, always runs. A rung compares the epoch's own validation r (``val_r`` for an
+    objective ``best_val_r``, ``val_r.AC`` for ``best_val_r.AC``): the best so far would
+    tie every trial whose training has not yet beaten the frozen model's epoch 0.
     """
 
     def __init__(self, spec: SweepSpec, subjects: list[str], epochs: int):
@@ -114,6 +116,8 @@ class SubjectScheduler(TrialScheduler):
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         self._metric = metric
+        if isinstance(metric, str) and metric.startswith("best_val_r"):
+            metric = metric[len("best_"):]
         return all(s.set_search_properties(metric, mode, **spec) for s in self.by_subject.values())
 
     def on_trial_add(self, tune_controller, trial):

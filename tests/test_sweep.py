@@ -101,9 +101,12 @@ def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data,
     """
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
+    # A gentle first trial, then two whose learning rate wrecks the features: their epoch-1
+    # validation r falls below the first's, so ASHA stops them at its rung (epoch 1).
     space = _space(tmp_path, small_data, subjects=["UTS01"], scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}},
                    budget={"trials": 3, "concurrency": 1}, resources={"workers": 2, "cpus_per_worker": 0.5},
-                   fixed={**FIXED, "epochs": 2})
+                   fixed={**FIXED, "epochs": 2}, search={"lr": {"loguniform": [1e-4, 3e-1]}},
+                   points_to_evaluate=[{"lr": 1e-4}, {"lr": 3e-1}, {"lr": 3e-1}])
     proc = _launch(["--config", str(space), "--storage", str(storage)], log)
     _finish(proc, log, 900)
     out = log.read_text()
