@@ -79,16 +79,17 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
         weights = voxel_weights(config.roi_weights, dataset.roi_masks(subject), dataset.nan_voxels(subject))
         outputs = np.flatnonzero(weights > 0)
         held_out, ceiling = held_out_responses(dataset, subject, split.test)
+        responses = {s: dataset.responses(subject, s, voxels=outputs) for s in split.train}
         results[subject] = {}
-        for name, by_story in vectors.items():
-            features = {}
-            for story in (*split.train, *split.test):
-                inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story), None)
-                features[story] = trainer.model.ridge_features(inp, by_story[story])
+        by_model = {name: {} for name in vectors}
+        for story in (*split.train, *split.test):  # each story's audio read once for both models
+            inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story), None)
+            for name, by_story in vectors.items():
+                by_model[name][story] = trainer.model.ridge_features(inp, by_story[story])
+        for name, features in by_model.items():
             fit, scored = ridge_evaluation(features, dataset, subject, split.train, {"test": split.test},
                                            seed=config.seed, backend=config.ridge_backend)
             results[subject][name] = scored["test"]
-            responses = {s: dataset.responses(subject, s, voxels=outputs) for s in split.train}
             readout = fit_bottleneck_readout({s: features[s] for s in split.train}, responses, fit, outputs,
                                              weights[outputs], config, trainer.device)
             with torch.no_grad():
