@@ -14,11 +14,14 @@ Alpha convention
 Alphas here are himalaya's: the loss is ``||Y - X W||^2 + alpha * ||W||^2`` on z-scored
 ``X``. The Huth-lab ``ridge_utils`` (``bootstrap_ridge``) penalises ``alpha**2``: their
 alpha ``a`` corresponds to ``a**2`` here. :data:`ALPHA_CONVENTION` is stored with every fit.
-The default grid :data:`ALPHAS` spans 1e1..1e8, covering Huth's ``encoding.py`` grid
+The default grid :data:`ALPHAS` spans 1e0..1e8, covering Huth's ``encoding.py`` grid
 (``logspace(1, 3, 10)`` there, 1e2..1e6 here) and the scaling-laws tutorial's
 (``logspace(1, 4, 15)``, 1e2..1e8 here). :attr:`RidgeFit.edge_fraction` says how many
-voxels chose an alpha at either end of the grid; a large fraction means the grid is too
-narrow for the data.
+voxels chose an alpha at either end of the grid. Voxels with no signal rightly choose the
+largest; among the predictive voxels (cross-validated score > 0) more than 5% at an edge
+means the grid is too narrow for the data, and :func:`fit_ridge` warns. The lower end,
+1e0, is for data with many samples per feature and little noise (our demo data chose
+1e1, the old lower end, for half its voxels).
 
 Cross-validation score
 ----------------------
@@ -55,8 +58,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Default alpha grid (himalaya convention): 15 values, half a decade apart, 1e1..1e8.
-ALPHAS = np.logspace(1, 8, 15)
+#: Default alpha grid (himalaya convention): 17 values, half a decade apart, 1e0..1e8.
+ALPHAS = np.logspace(0, 8, 17)
 
 ALPHA_CONVENTION = (
     "himalaya: loss = ||Y - XW||^2 + alpha * ||W||^2 on z-scored X "
@@ -66,7 +69,8 @@ ALPHA_CONVENTION = (
 #: Working memory of one voxel block when ``voxel_block`` is None (bytes).
 BLOCK_BYTES = 256 * 2**20
 
-#: Above this fraction of voxels at an edge of the alpha grid, fit_ridge warns.
+#: Above this fraction of predictive voxels (cross-validated score > 0) at an edge of the
+#: alpha grid, fit_ridge warns. Voxels with no signal rightly choose the largest alpha.
 ALPHA_EDGE_WARNING = 0.05
 
 # himalaya backend name -> torch device. The numpy backend computes with torch on the CPU.
@@ -438,10 +442,13 @@ def fit_ridge(X, Y, alphas=ALPHAS, chunk_len: int = 40, n_folds: int = 5, seed: 
     weights[x_std == 0] = 0.0  # the eigenbasis leaves rounding-level weights on all-zero features
     fit = RidgeFit(weights=weights, alphas=chosen, cv_scores=cv_scores, x_mean=x_mean,
                    x_std=x_std, y_mean=y_mean, alpha_grid=alphas)
-    if len(alphas) > 2 and fit.edge_fraction > ALPHA_EDGE_WARNING:
+    predictive = chosen[np.isfinite(chosen) & (cv_scores > 0)]
+    low, high = (np.mean(predictive == alphas[0]), np.mean(predictive == alphas[-1])) if len(predictive) else (0, 0)
+    if len(alphas) > 2 and low + high > ALPHA_EDGE_WARNING:
         warnings.warn(
-            f"ridge: {fit.edge_fraction:.0%} of voxels chose an alpha at an edge of the grid "
-            f"[{alphas[0]:g}, {alphas[-1]:g}]; widen the grid (alphas)", RuntimeWarning, stacklevel=2)
+            f"ridge: {low + high:.0%} of the predictive voxels chose an alpha at an edge of the grid "
+            f"({low:.0%} at the smallest, {alphas[0]:g}; {high:.0%} at the largest, {alphas[-1]:g}); "
+            "widen the grid (alphas) on that side", RuntimeWarning, stacklevel=2)
     return fit
 
 

@@ -151,12 +151,19 @@ def test_default_grid_covers_the_fields_grids_and_edges_are_reported():
     # Huth's encoding.py grid is 1e2..1e6 in these units, the scaling-laws tutorial's 1e2..1e8.
     assert ALPHAS.min() <= 1e1 and ALPHAS.max() >= 1e7
     X, Y = _linear_data(n_trs=400, n_features=20, n_voxels=10, noise_sd=np.repeat([10.0, 1e4], 5), seed=7)
-    with pytest.warns(RuntimeWarning, match="50% of voxels chose an alpha at an edge"):
+    # The noise-only voxels choose the largest alpha: recorded, but no warning (they have no signal).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
         fit = fit_ridge(X, Y, alphas=np.logspace(0, 3, 7))
     assert fit.edge_fraction == pytest.approx(0.5)
+    assert np.all(fit.alphas[5:] == 1e3) and np.all(fit.cv_scores[5:] <= 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert fit_ridge(X, Y[:, :5], alphas=np.logspace(-1, 4, 11)).edge_fraction == 0.0
+    # Predictive voxels pushed to an edge: a grid far too high for them warns, naming the side.
+    with pytest.warns(RuntimeWarning, match=r"100% of the predictive voxels .*100% at the smallest"):
+        fit = fit_ridge(X, Y[:, :5], alphas=np.logspace(5, 8, 7))
+    assert fit.edge_fraction == 1.0
 
 
 def test_noisy_voxels_get_larger_alphas():
