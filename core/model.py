@@ -182,6 +182,11 @@ class StoryInput:
     def n_trs(self) -> int:
         return len(self.tr_times)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by its tensors (audio, CNN output, targets)."""
+        return sum(t.numel() * t.element_size() for t in (self.padded, self.cnn, self.responses) if t is not None)
+
 
 class BrainModel(nn.Module):
     """WavLM with a differentiable readout to voxel responses.

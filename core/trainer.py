@@ -63,6 +63,9 @@ __all__ = ["Trainer", "epoch_blocks", "improves", "resolve_device", "seed_everyt
 
 CHECKPOINT_VERSION = 2
 
+#: Prepared story inputs (audio, frozen CNN output, targets) kept between uses, in bytes.
+INPUT_CACHE_BYTES = 2**30
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -164,7 +167,7 @@ class Trainer:
         self.best = {"epoch": 0, "val_r": -np.inf}
         self.epoch = 0
         self.evaluations: dict[str, Evaluation] = {}  # "baseline" and the best epoch's "tuned" (rank 0)
-        self._inputs: dict[tuple[str, bool], StoryInput] = {}
+        self._inputs: dict[str, StoryInput] = {}  # least recently used first
         self._parallel = None
 
     def _n_layers(self) -> int:
@@ -178,15 +181,23 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------
 
     def story_input(self, story: str, targets: bool = True) -> StoryInput:
-        """The story's prepared input, with this subject's targets (for training) or without; the last four are kept."""
-        key = (story, targets)
-        if key not in self._inputs:
-            if len(self._inputs) >= 4:
-                self._inputs.pop(next(iter(self._inputs)))
-            responses = self.dataset.responses(self.subject, story, voxels=self.outputs) if targets else None
-            self._inputs[key] = self.model.prepare(story, self.dataset.audio(story),
-                                                   self.dataset.tr_times(self.subject, story), responses)
-        return self._inputs[key]
+        """The story's prepared input, with this subject's targets (for training) if asked.
+
+        Prepared inputs (audio, frozen CNN output, targets) are kept, the most recently used
+        first, up to ``INPUT_CACHE_BYTES``: a small dataset is prepared once per run, and
+        on a large one a story's CNN runs once per visit.
+        """
+        inp = self._inputs.pop(story, None)
+        if inp is None:
+            inp = self.model.prepare(story, self.dataset.audio(story), self.dataset.tr_times(self.subject, story), None)
+        if targets and inp.responses is None:
+            responses = self.dataset.responses(self.subject, story, voxels=self.outputs)
+            inp.responses = torch.as_tensor(responses, dtype=torch.float32, device=self.device)
+        self._inputs[story] = inp
+        held = sum(kept.nbytes for kept in self._inputs.values())
+        while len(self._inputs) > 1 and held > INPUT_CACHE_BYTES:
+            held -= self._inputs.pop(next(iter(self._inputs))).nbytes
+        return inp
 
     def frozen_features(self) -> FrozenFeatures:
         """The pretrained model's window features, cached on disk (shared by every trial of a sweep)."""
