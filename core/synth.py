@@ -104,6 +104,7 @@ class SynthSpec:
     planted_layers: tuple[int, ...] = (3,)
     planted_rank: int = 2
     planted_scale: float = 4.0
+    planted_projections: tuple[str, ...] = ("q_proj", "v_proj")
     readout_rank: int = 8
     noise_sd: tuple[float, float] = (0.3, 0.8)
     fraction_ac: float = 0.25
@@ -191,7 +192,7 @@ def plant(model, spec: SynthSpec):
     with torch.no_grad():
         for layer in spec.planted_layers:
             attn = teacher.encoder.layers[layer - 1].attention
-            for proj in (attn.q_proj, attn.v_proj):
+            for proj in (getattr(attn, name) for name in spec.planted_projections):
                 u = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
                 v = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
                 norm = torch.linalg.matrix_norm(proj.weight, ord=2)
@@ -405,8 +406,11 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: 
 def _write(root: Path, spec: SynthSpec, progress) -> None:
     pretrained = make_pretrained(spec)
     teacher = plant(pretrained, spec)
-    pretrained.save_pretrained(root / "pretrained")
-    teacher.save_pretrained(root / "truth" / "teacher")
+    from .wavlm import quiet_transformers
+
+    with quiet_transformers():
+        pretrained.save_pretrained(root / "pretrained")
+        teacher.save_pretrained(root / "truth" / "teacher")
     window = WindowSpec(**spec.window)
     stories = spec.stories()
     readouts = [subject_readout(spec, spec.hidden_size, i) for i in range(len(spec.subjects))]

@@ -15,6 +15,8 @@ the SpecAugment masking that ``WavLMModel.forward`` applies in training mode. La
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, WavLMConfig, WavLMModel
@@ -59,8 +61,9 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
                           f"e.g. microsoft/wavlm-base-plus) are supported")
     rates = dict.fromkeys(("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout"), dropout)
     try:
-        net, info = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0, mask_feature_prob=0.0,
-                                               dtype=dtype, output_loading_info=True, **rates)
+        with quiet_transformers():  # its load report and progress bar; we check the loading info below
+            net, info = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0,
+                                                   mask_feature_prob=0.0, dtype=dtype, output_loading_info=True, **rates)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
     backbone = tuple(f"{name}." for name, _ in net.named_children())
@@ -73,6 +76,21 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
                               f"{', '.join(keys[:5])}{more}")
     net.feature_extractor._freeze_parameters()
     return net.eval()
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cnn_slicing_is_exact(config: WavLMConfig) -> bool:
