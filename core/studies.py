@@ -16,42 +16,55 @@ from .extract import all_window_features
 from .loss import loss_fn, voxel_weights
 from .model import Readout, ridge_as_linear
 
-__all__ = ["transfer", "probe", "fit_bottleneck_readout"]
+__all__ = ["transfer", "probe", "ridge_readout", "fit_bottleneck_readouts"]
 
 
-def fit_bottleneck_readout(features: dict[str, np.ndarray], responses: dict[str, np.ndarray], fit, outputs: np.ndarray,
-                           weights: np.ndarray, config, device: torch.device) -> Readout:
-    """A readout (rank ``config.bottleneck``) trained on fixed features, as the trainer trains its own.
+def ridge_readout(fit, outputs: np.ndarray, config, device: torch.device) -> Readout:
+    """A readout of rank ``config.bottleneck`` initialised from a ridge fit (its best rank-k approximation)."""
+    torch.manual_seed(config.seed)
+    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
+    readout.set_linear(*ridge_as_linear(fit, outputs))
+    return readout.to(device)
 
-    It starts from the ridge fit (its best rank-k approximation, like the trainer's epoch
-    0) and is trained for ``config.epochs`` passes of ``config.block_trs``-TR blocks with
-    ``config.loss`` and ``config.readout_lr``; only the features never change.
+
+def fit_bottleneck_readouts(features: dict[str, dict[str, np.ndarray]], responses, readouts: dict[str, Readout],
+                            weights: np.ndarray, config, device: torch.device) -> dict[str, Readout]:
+    """Readouts trained on fixed features, as the trainer trains its own.
+
+    One readout per feature set (e.g. the pretrained and the tuned model's), each started
+    from its ridge fit (:func:`ridge_readout`, like the trainer's epoch 0), trained side by
+    side for ``config.epochs`` passes of ``config.block_trs``-TR blocks with
+    ``config.loss`` and ``config.readout_lr``; only the features never change. The blocks
+    come story by story, so memory holds one story's targets at a time, read once per
+    epoch whatever the number of feature sets.
 
     Parameters
     ----------
-    features : story -> array of shape (n_trs, n_features), the training stories' features.
-    responses : story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
-    fit : the ridge fit on those features (all voxels).
-    outputs : int array of shape (n_outputs,), the voxels predicted.
+    features : name -> story -> array of shape (n_trs, n_features), the training stories' features.
+    responses : callable, story -> array of shape (n_trs, n_outputs), finite targets of the predicted voxels.
+    readouts : name -> the readout to train (trained in place and returned, in eval mode).
     weights : array of shape (n_outputs,), the loss weight of each predicted voxel.
     """
     from .trainer import epoch_blocks
 
-    torch.manual_seed(config.seed)
-    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
-    readout.set_linear(*ridge_as_linear(fit, outputs))
-    readout.to(device)
-    optimizer = torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
-    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
-    y = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in responses.items()}
+    optimizers = {name: torch.optim.AdamW(readout.parameters(), lr=config.readout_lr, weight_decay=config.weight_decay)
+                  for name, readout in readouts.items()}
+    x = {name: {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in by_story.items()}
+         for name, by_story in features.items()}
     w = torch.as_tensor(weights, dtype=torch.float32, device=device)
+    lengths = {s: len(v) for s, v in next(iter(features.values())).items()}
     for epoch in range(1, config.epochs + 1):
-        for story, start, stop in epoch_blocks({s: len(v) for s, v in x.items()}, config.block_trs, config.seed, epoch):
-            loss = loss_fn(config.loss, readout(x[story][start:stop]), y[story][start:stop], w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return readout.eval()
+        current, y = None, None
+        for story, start, stop in epoch_blocks(lengths, config.block_trs, config.seed, epoch):
+            if story != current:
+                current = story
+                y = torch.as_tensor(responses(story), dtype=torch.float32, device=device)
+            for name, readout in readouts.items():
+                loss = loss_fn(config.loss, readout(x[name][story][start:stop]), y[start:stop], w)
+                optimizers[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[name].step()
+    return {name: readout.eval() for name, readout in readouts.items()}
 
 
 def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
@@ -61,7 +74,7 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
     readout is fitted on each subject's training stories, then scored on its test
     stories; the same on the pretrained model's features is the reference. Each also
     gets a bottleneck readout trained on those fixed features
-    (:func:`fit_bottleneck_readout`), the paper's readout. A story's window vectors do
+    (:func:`fit_bottleneck_readouts`), the paper's readout. A story's window vectors do
     not depend on the subject: they are computed once for every subject.
 
     Returns ``{subject: {"baseline", "tuned", "baseline_readout", "tuned_readout"}}`` -> Evaluation.
@@ -79,21 +92,25 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
         weights = voxel_weights(config.roi_weights, dataset.roi_masks(subject), dataset.nan_voxels(subject))
         outputs = np.flatnonzero(weights > 0)
         held_out, ceiling = held_out_responses(dataset, subject, split.test)
-        responses = {s: dataset.responses(subject, s, voxels=outputs) for s in split.train}
         results[subject] = {}
         by_model = {name: {} for name in vectors}
         for story in (*split.train, *split.test):  # each story's audio read once for both models
             inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story), None)
             for name, by_story in vectors.items():
                 by_model[name][story] = trainer.model.ridge_features(inp, by_story[story])
+        readouts = {}
         for name, features in by_model.items():
             fit, scored = ridge_evaluation(features, dataset, subject, split.train, {"test": split.test},
                                            seed=config.seed, backend=config.ridge_backend)
             results[subject][name] = scored["test"]
-            readout = fit_bottleneck_readout({s: features[s] for s in split.train}, responses, fit, outputs,
-                                             weights[outputs], config, trainer.device)
+            readouts[name] = ridge_readout(fit, outputs, config, trainer.device)
+            del fit
+        fit_bottleneck_readouts({name: {s: f[s] for s in split.train} for name, f in by_model.items()},
+                                lambda story: dataset.responses(subject, story, voxels=outputs),
+                                readouts, weights[outputs], config, trainer.device)
+        for name, readout in readouts.items():
             with torch.no_grad():
-                test_x = torch.as_tensor(np.concatenate([features[s] for s in split.test]), device=trainer.device)
+                test_x = torch.as_tensor(np.concatenate([by_model[name][s] for s in split.test]), device=trainer.device)
                 predicted = readout(test_x).float().cpu().numpy()
             full = np.full((len(predicted), len(weights)), np.nan, np.float32)
             full[:, outputs] = predicted

@@ -95,3 +95,40 @@ def test_bad_probe_settings_and_files_are_named(tmp_path, tiny_data):
     bad.write_text("the 0.1 0.2\nof 0.3\n")
     with pytest.raises(DataError, match=r"bad.txt:2: 1 numbers; earlier lines have 2"):
         probes.load_word_vectors(bad)
+
+
+def test_readouts_trained_side_by_side_equal_each_trained_alone_and_read_each_story_once_per_epoch():
+    """Transfer trains the pretrained and the tuned model's readouts together so that a subject's
+    targets stream story by story (one story in memory, read once per epoch for both)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    lengths = {"a": 23, "b": 17, "c": 30}
+    features = {name: {s: rng.standard_normal((n, 6)).astype(np.float32) for s, n in lengths.items()}
+                for name in ("baseline", "tuned")}
+    targets = {s: rng.standard_normal((n, 4)).astype(np.float32) for s, n in lengths.items()}
+    config = SimpleNamespace(seed=3, readout_lr=1e-2, weight_decay=0.0, epochs=3, block_trs=5, loss="temporal",
+                             bottleneck=2)
+    reads = []
+
+    def responses(story):
+        reads.append(story)
+        return targets[story]
+
+    def readout(seed):
+        torch.manual_seed(seed)
+        return studies.Readout(6, 4, 2)
+
+    weights = np.ones(4, np.float32)
+    together = studies.fit_bottleneck_readouts(features, responses, {n: readout(i) for i, n in enumerate(features)},
+                                               weights, config, torch.device("cpu"))
+    assert sorted(reads) == sorted(list(lengths) * config.epochs)  # each story once per epoch, not per readout
+    for i, name in enumerate(features):
+        alone = studies.fit_bottleneck_readouts({name: features[name]}, targets.__getitem__, {name: readout(i)},
+                                                weights, config, torch.device("cpu"))[name]
+        for a, b in zip(together[name].parameters(), alone.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    start = readout(0)
+    assert any(not torch.equal(a, b) for a, b in zip(together["baseline"].parameters(), start.parameters()))
