@@ -268,11 +268,11 @@ def _add_vowel(audio, start, length, formants, f0, rng, sr):
     i, n = int(start * sr), int(length * sr)
     tt = np.arange(n) / sr
     contour = f0 * (1 + rng.uniform(-0.15, 0.15) * tt / max(length, 1e-3))  # rising or falling pitch
-    phase = 2 * np.pi * np.cumsum(contour) / sr
+    phase = (2 * np.pi * np.cumsum(contour) / sr).astype(np.float32)  # float32: sin is most of the time
     harmonics = np.arange(1, int(4000 // f0) + 1)
     amps = sum(np.exp(-0.5 * ((harmonics * f0 - f) / 90.0) ** 2) / (1 + k) for k, f in enumerate(formants))
     keep = amps > 1e-4 * amps.max()  # harmonics far from every formant are inaudible; skipping them is most of the speed
-    wave = amps[keep] @ np.sin(harmonics[keep, None] * phase[None, :])
+    wave = amps[keep].astype(np.float32) @ np.sin(harmonics[keep, None].astype(np.float32) * phase[None, :])
     audio[i : i + n] += wave / max(np.abs(wave).max(), 1e-9) * _envelope(n)
 
 
