@@ -178,6 +178,9 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
             metric=spec.objective.metrics[0] if single else None,
             mode=spec.objective.modes[0] if single else None,
             num_samples=spec.trials * len(subjects),
+            # A trial's process is kept for the next one: torch, transformers and the
+            # trainer are imported once per slot, not once per trial (~8 s each on 2 CPUs).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(tune_dir), verbose=0,
