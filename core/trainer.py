@@ -171,12 +171,9 @@ class Trainer:
         self._parallel = None
 
     def _n_layers(self) -> int:
-        from transformers import AutoConfig
+        from .wavlm import checkpoint_config
 
-        try:
-            return AutoConfig.from_pretrained(self.model_name).num_hidden_layers
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load WavLM checkpoint {self.model_name!r}: {str(err).splitlines()[0]}") from None
+        return checkpoint_config(self.model_name).num_hidden_layers
 
     # -- data ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""WavLM: loading a checkpoint, and a forward pass that LoRA adapters can change.
+"""WavLM, HuBERT and wav2vec2: loading a checkpoint, and a forward pass that LoRA adapters can change.
 
 Why our own forward pass: transformers' ``WavLMAttention`` hands ``q_proj.weight``,
 ``k_proj.weight`` and ``v_proj.weight`` straight to ``F.multi_head_attention_forward``,
@@ -8,8 +8,15 @@ thing by *calling* the projection modules, so whatever wraps them runs. It reuse
 checkpoint's modules and weights unchanged; nothing in transformers is patched.
 ``tests/test_wavlm.py`` checks it against transformers' own outputs.
 
+HuBERT and wav2vec2 (:data:`FAMILIES`) share WavLM's layout (the same CNN, feature
+projection, convolutional position embedding, and layers whose attention has
+``q_proj``/``k_proj``/``v_proj``/``out_proj``) without its gated relative-position bias;
+the same forward runs them, with their own LayerDrop rule (transformers' HuBERT and
+wav2vec2 may drop the first layer too, WavLM never does). Whisper's encoder (mel input,
+30-s windows) is not one of them and is refused.
+
 It also stops at the read-out layer: layers above it are never computed, and it skips
-the SpecAugment masking that ``WavLMModel.forward`` applies in training mode. LayerDrop
+the SpecAugment masking that the models' ``forward`` applies in training mode. LayerDrop
 (``config.layerdrop``) works as in transformers: in training mode only.
 """
 
@@ -24,24 +31,48 @@ from transformers import AutoConfig, WavLMConfig, WavLMModel
 from .errors import ConfigError
 
 
+#: Supported checkpoint families: ``model_type`` -> transformers model class.
+FAMILIES = {"wavlm": "WavLMModel", "hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model"}
+
+
+def checkpoint_config(model: str):
+    """The checkpoint's transformers config, read without its weights; refused unless one of :data:`FAMILIES`.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint cannot be read, or is of another family (one line naming both).
+    """
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    if config.model_type not in FAMILIES:
+        raise ConfigError(f"{model!r} is a {config.model_type!r} checkpoint; supported are "
+                          f"{', '.join(map(repr, FAMILIES))} (e.g. microsoft/wavlm-base-plus, "
+                          "facebook/hubert-base-ls960, facebook/wav2vec2-base)")
+    return config
+
+
 def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
                dtype: torch.dtype = torch.float32) -> WavLMModel:
-    """Load a WavLM checkpoint (local folder or hub id) with its CNN frozen.
+    """Load a WavLM, HuBERT or wav2vec2 checkpoint (local folder or hub id) with its CNN frozen.
 
-    Only checkpoints of ``model_type`` "wavlm" are accepted, and every weight of the
-    backbone must come from the checkpoint: another family (HuBERT, wav2vec2) would
-    otherwise load "successfully", with WavLM's gated relative position weights drawn at
-    random (transformers only warns). Weights the checkpoint has beyond the backbone are
-    ignored: a task head (``lm_head`` of a CTC model) and ``masked_spec_embed``, which we
-    do not build because SpecAugment masking is off.
+    Only the :data:`FAMILIES` are accepted, each loaded as its own transformers class, and
+    every weight of the backbone must come from the checkpoint: a checkpoint loaded as
+    another family's class would otherwise load "successfully", with the missing weights
+    (e.g. WavLM's gated relative position weights) drawn at random (transformers only
+    warns). Weights the checkpoint has beyond the backbone are ignored: a task head
+    (``lm_head`` of a CTC model) and ``masked_spec_embed``, which we do not build because
+    SpecAugment masking is off.
 
     Parameters
     ----------
     model : str
-        Anything ``WavLMModel.from_pretrained`` accepts.
+        Anything ``from_pretrained`` accepts.
     layerdrop : float
-        Probability that :func:`encode` skips a layer (not the first) in training mode.
-        Set explicitly: the checkpoints ship 0.1.
+        Probability that :func:`encode` skips a layer in training mode (WavLM: never the
+        first). Set explicitly: the checkpoints ship 0.05-0.1.
     dropout : float
         The model's own dropout (attention, hidden, activation, feature projection) in
         training mode; checkpoints ship 0.1. In eval mode there is none either way.
@@ -49,30 +80,27 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
     Raises
     ------
     ConfigError
-        The checkpoint cannot be read, is not a WavLM, or lacks (or has unknown) weights
-        of the backbone.
+        The checkpoint cannot be read, is of another family, or lacks (or has unknown)
+        weights of the backbone.
     """
-    try:
-        model_type = AutoConfig.from_pretrained(model).model_type
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
-    if model_type != "wavlm":
-        raise ConfigError(f"{model!r} is a {model_type!r} checkpoint; only WavLM checkpoints (model_type 'wavlm', "
-                          f"e.g. microsoft/wavlm-base-plus) are supported")
+    import transformers
+
+    model_type = checkpoint_config(model).model_type
+    model_class = getattr(transformers, FAMILIES[model_type])
     rates = dict.fromkeys(("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout"), dropout)
     try:
         with quiet_transformers():  # its load report and progress bar; we check the loading info below
-            net, info = WavLMModel.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0,
-                                                   mask_feature_prob=0.0, dtype=dtype, output_loading_info=True, **rates)
+            net, info = model_class.from_pretrained(model, layerdrop=layerdrop, mask_time_prob=0.0,
+                                                    mask_feature_prob=0.0, dtype=dtype, output_loading_info=True, **rates)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"cannot load {model_type} checkpoint {model!r}: {str(err).splitlines()[0]}") from None
     backbone = tuple(f"{name}." for name, _ in net.named_children())
     unexpected = [k for k in info["unexpected_keys"] if k.removeprefix(f"{net.base_model_prefix}.").startswith(backbone)]
     for kind, keys in (("lacks", info["missing_keys"]), ("has unknown", unexpected)):
         if keys:
             keys = sorted(keys)
             more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-            raise ConfigError(f"WavLM checkpoint {model!r} {kind} weights of the backbone: "
+            raise ConfigError(f"{model_type} checkpoint {model!r} {kind} weights of the backbone: "
                               f"{', '.join(keys[:5])}{more}")
     net.feature_extractor._freeze_parameters()
     return net.eval()
@@ -159,14 +187,16 @@ def attention(attn, hidden: torch.Tensor, position_bias: torch.Tensor | None):
     """
     b, t, d = hidden.shape
     h, hd = attn.num_heads, attn.head_dim
-    if position_bias is None:
-        position_bias = attn.compute_bias(t, t).unsqueeze(0)
-    # Gate the bias per head and query position from the layer's input.
-    per_head = hidden.view(b, t, h, hd).transpose(1, 2)
-    gate_logits = attn.gru_rel_pos_linear(per_head).view(b, h, t, 2, 4).sum(-1)
-    gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
-    gate = gate_a * (gate_b * attn.gru_rel_pos_const - 1.0) + 2.0
-    bias = (gate * position_bias).to(hidden.dtype)
+    bias = None
+    if hasattr(attn, "gru_rel_pos_linear"):  # WavLM; HuBERT and wav2vec2 have no position bias
+        if position_bias is None:
+            position_bias = attn.compute_bias(t, t).unsqueeze(0)
+        # Gate the bias per head and query position from the layer's input.
+        per_head = hidden.view(b, t, h, hd).transpose(1, 2)
+        gate_logits = attn.gru_rel_pos_linear(per_head).view(b, h, t, 2, 4).sum(-1)
+        gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
+        gate = gate_a * (gate_b * attn.gru_rel_pos_const - 1.0) + 2.0
+        bias = (gate * position_bias).to(hidden.dtype)
 
     q = attn.q_proj(hidden).view(b, t, h, hd).transpose(1, 2)
     k = attn.k_proj(hidden).view(b, t, h, hd).transpose(1, 2)
@@ -215,7 +245,9 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
         raise ConfigError(f"layer {n_layers} does not exist: the model has {config.num_hidden_layers} layers")
     enc = model.encoder
     stable = config.do_stable_layer_norm
-    hidden, _ = model.feature_projection(cnn)
+    hidden = model.feature_projection(cnn)
+    if isinstance(hidden, tuple):  # WavLM and wav2vec2 also return the normalised CNN features
+        hidden = hidden[0]
     hidden = hidden + enc.pos_conv_embed(hidden)
     if not stable:
         hidden = enc.layer_norm(hidden)
@@ -223,10 +255,11 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
     states = [hidden]
     position_bias = None
     for i, layer in enumerate(enc.layers[:n_layers]):
-        # LayerDrop as in transformers' WavLMEncoder: never the first layer (its relative
-        # position embedding makes the bias the others reuse), one torch.rand draw per
-        # later layer, so the skips follow torch's seed.
-        if model.training and i > 0 and config.layerdrop > 0 and torch.rand([]) < config.layerdrop:
+        # LayerDrop as in transformers' encoders: one torch.rand draw per layer that may be
+        # skipped, so the skips follow torch's seed. WavLM never skips its first layer (its
+        # relative position embedding makes the bias the others reuse); HuBERT and wav2vec2 may.
+        droppable = i > 0 or config.model_type != "wavlm"
+        if model.training and droppable and config.layerdrop > 0 and torch.rand([]) < config.layerdrop:
             states.append(hidden)
             continue
         hidden, position_bias = encoder_layer(layer, hidden, position_bias, stable)

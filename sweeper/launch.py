@@ -54,19 +54,16 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     subject lacks) before any trial starts.
     """
     import optuna
-    from transformers import AutoConfig
 
     from core import probes
     from core.dataset import Dataset
+    from core.wavlm import checkpoint_config
 
     from .space import SearchSpace, train_config
 
     dataset = Dataset(data)
     model = spec.fixed.get("model") or str(data / "pretrained")
-    try:
-        n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load WavLM checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    n_layers = checkpoint_config(model).num_hidden_layers  # a family we cannot tune fails here, not in a trial
     info = {}
     for subject in subjects:
         dataset.validate(subject)
