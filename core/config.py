@@ -9,8 +9,8 @@ model or the subject's data are in :meth:`TrainConfig.check_against`.
 setting            default                        meaning
 =================  =============================  ==========================================
 model              null                           WavLM, HuBERT or wav2vec2 checkpoint folder
-                                                  or hub id; null =
-                                                  the dataset's ``pretrained/`` folder
+                                                  or hub id; null = the dataset's
+                                                  ``pretrained/`` folder
 readout_layer      9                              transformer layer read out, 1-based as
                                                   transformers' ``hidden_states[k]``
 readout_layers     null                           >= 2 layers whose learned softmax-weighted
