@@ -153,6 +153,30 @@ def held_out_responses(dataset, subject: str, stories) -> tuple[np.ndarray, np.n
     return responses.block(0, responses.shape[1]), held_out_ceiling(dataset, subject, stories)
 
 
+def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str]) -> np.ndarray:
+    """Per-voxel r of a prediction of ``stories`` (n_trs, n_voxels; NaN columns give NaN), read one voxel block at a time.
+
+    Memory holds the prediction and one block of responses, never all of them.
+    """
+    responses = StoryResponses(dataset, subject, stories)
+    if prediction.shape != responses.shape:
+        raise ValueError(f"{subject}: a prediction of shape {prediction.shape} for {', '.join(stories)}, "
+                         f"whose responses are {responses.shape}")
+    r = np.empty(responses.shape[1])
+    for block in _voxel_blocks(responses.shape[1], responses.shape[0]):
+        r[block] = metrics.pearson_r(prediction[:, block], responses.block(block.start, block.stop))
+    return r
+
+
+def score_prediction(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str],
+                     roi_masks: dict | None = None) -> Evaluation:
+    """Score a prediction of held-out ``stories`` (n_trs, n_voxels) streamed by voxel block, with the ceiling."""
+    r = prediction_r(prediction, dataset, subject, stories)
+    ceiling = held_out_ceiling(dataset, subject, stories)
+    roi_masks = dataset.roi_masks(subject) if roi_masks is None else roi_masks
+    return Evaluation(r=r, ceiling=ceiling, summary=encoding_summary(r, roi_masks, ceiling))
+
+
 def score(prediction: np.ndarray, responses: np.ndarray, roi_masks: dict, ceiling=None) -> Evaluation:
     """Score a prediction of shape (n_trs, n_voxels) against responses of the same shape."""
     r = metrics.pearson_r(prediction, responses)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import probes
-from .evaluation import Evaluation, held_out_responses, ridge_evaluation, score
+from .evaluation import Evaluation, ridge_evaluation, score_prediction
 from .extract import all_window_features
 from .loss import loss_fn, voxel_weights
 from .model import Readout, ridge_as_linear
@@ -91,7 +91,6 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
     for subject, split in splits.items():
         weights = voxel_weights(config.roi_weights, dataset.roi_masks(subject), dataset.nan_voxels(subject))
         outputs = np.flatnonzero(weights > 0)
-        held_out, ceiling = held_out_responses(dataset, subject, split.test)
         results[subject] = {}
         by_model = {name: {} for name in vectors}
         for story in (*split.train, *split.test):  # each story's audio read once for both models
@@ -114,7 +113,7 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
                 predicted = readout(test_x).float().cpu().numpy()
             full = np.full((len(predicted), len(weights)), np.nan, np.float32)
             full[:, outputs] = predicted
-            results[subject][f"{name}_readout"] = score(full, held_out, dataset.roi_masks(subject), ceiling)
+            results[subject][f"{name}_readout"] = score_prediction(full, dataset, subject, split.test)
     return results
 
 

@@ -50,11 +50,10 @@ from .config import TrainConfig
 from .dataset import Dataset
 from .distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
 from .errors import ConfigError
-from .evaluation import Evaluation, held_out_responses, ridge_evaluation, score
+from .evaluation import Evaluation, prediction_r, ridge_evaluation, score_prediction
 from .extract import FrozenFeatures, resolve_cnn_cache
 from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
-from .metrics import pearson_r
 from .model import BrainModel, StoryInput, adapt, ridge_as_linear
 from .outputs import atomic_write
 from .wavlm import load_wavlm
@@ -256,9 +255,7 @@ class Trainer:
         record = {"val_r": float("nan"), "val_roi_r": {}, "val_readout_r": float("nan")}
         if "val" in scored:
             record.update(val_r=weighted_mean_r(scored["val"].r, self.weights), val_roi_r=scored["val"].summary["roi_mean_r"])
-            actual = np.concatenate([self.dataset.responses(self.subject, s, voxels=self.outputs) for s in self.split.val])
-            r = np.full(len(self.weights), np.nan)
-            r[self.outputs] = pearson_r(self._predict(self.split.val, vectors), actual)
+            r = prediction_r(self._full_prediction(self.split.val, vectors), self.dataset, self.subject, self.split.val)
             record["val_readout_r"] = weighted_mean_r(r, self.weights)
         return record, scored["test"]
 
@@ -411,9 +408,8 @@ class Trainer:
         self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
         self.progress(f"test evaluation of epoch {self.best['epoch']}")
         vectors = self.window_vectors(self.split.test)
-        responses, ceiling = held_out_responses(self.dataset, self.subject, self.split.test)
-        readout = score(self._full_prediction(self.split.test, vectors), responses, self.roi_masks, ceiling)
-        del responses
+        readout = score_prediction(self._full_prediction(self.split.test, vectors), self.dataset, self.subject,
+                                   self.split.test, self.roi_masks)
         transfer = studies.transfer(self, [s for s in self.config.transfer_to if s != self.subject])
         probed = studies.probe(self) if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
