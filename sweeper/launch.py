@@ -177,7 +177,9 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
             num_samples=spec.trials * len(subjects),
             # A trial's process is kept for the next one: torch, transformers and the
             # trainer are imported once per slot, not once per trial (~8 s each on 2 CPUs).
-            reuse_actors=True,
+            # Not with a scheduler: Tune cannot reset the process of a trial it stopped
+            # early (seen with ASHA: the next trial was lost).
+            reuse_actors=not spec.scheduler,
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(tune_dir), verbose=0,
