@@ -153,7 +153,8 @@ def held_out_responses(dataset, subject: str, stories) -> tuple[np.ndarray, np.n
     return responses.block(0, responses.shape[1]), held_out_ceiling(dataset, subject, stories)
 
 
-def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str]) -> np.ndarray:
+def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str],
+                 block_bytes: int = _SCORE_BLOCK_BYTES) -> np.ndarray:
     """Per-voxel r of a prediction of ``stories`` (n_trs, n_voxels; NaN columns give NaN), read one voxel block at a time.
 
     Memory holds the prediction and one block of responses, never all of them.
@@ -163,7 +164,7 @@ def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequenc
         raise ValueError(f"{subject}: a prediction of shape {prediction.shape} for {', '.join(stories)}, "
                          f"whose responses are {responses.shape}")
     r = np.empty(responses.shape[1])
-    for block in _voxel_blocks(responses.shape[1], responses.shape[0]):
+    for block in _voxel_blocks(responses.shape[1], responses.shape[0], block_bytes):
         r[block] = metrics.pearson_r(prediction[:, block], responses.block(block.start, block.stop))
     return r
 

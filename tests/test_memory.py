@@ -56,8 +56,19 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak RSS to the current RSS
 before = status("VmRSS")
 fit, evaluations = ridge_evaluation(features, dataset, subject, train, {"test": test}, block_bytes=block_bytes)
-print(json.dumps({"rise": status("VmHWM") - before, "mean_r": evaluations["test"].summary["mean_r"],
-                  "ceiling": evaluations["test"].summary["mean_ceiling"]}))
+rise = status("VmHWM") - before
+# The trainer's scoring of its own readout (every epoch's validation r, the test r): a
+# prediction for every voxel is held, the responses are read one voxel block at a time.
+from core.evaluation import prediction_r
+prediction = np.stack([fit.predict(features[s]) for s in train]).reshape(-1, fit.weights.shape[1]).astype(np.float32)
+prediction[~np.isfinite(prediction)] = 0
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+r = prediction_r(prediction, dataset, subject, train, block_bytes=block_bytes)
+print(json.dumps({"rise": rise, "mean_r": evaluations["test"].summary["mean_r"],
+                  "ceiling": evaluations["test"].summary["mean_ceiling"],
+                  "scoring_rise": status("VmHWM") - before, "train_r": float(np.nanmean(r))}))
 """
 
 
@@ -100,6 +111,12 @@ def test_ridge_evaluation_memory_does_not_grow_with_voxels(tmp_path):
         # The fit is real: the voxels are predictable and their ceiling is high.
         assert result["mean_r"] > 0.5 and result["ceiling"] > 0.5
         rises[n_voxels] = result["rise"]
+        # Scoring a prediction streams the responses: far below one float32 copy of them.
+        assert result["train_r"] > 0.5
+        assert result["scoring_rise"] < y_bytes / 2, (
+            f"{n_voxels} voxels: memory rose {result['scoring_rise'] / 2**20:.0f} MiB while scoring a "
+            f"prediction; the responses are {y_bytes / 2**20:.0f} MiB as float32"
+        )
         assert result["rise"] < y_bytes, (
             f"{n_voxels} voxels: memory rose {result['rise'] / 2**20:.0f} MiB during the ridge "
             f"evaluation; training responses are {y_bytes / 2**20:.0f} MiB as float32"
