@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -169,6 +170,8 @@ def main(argv=None) -> dict:
                                        "--subject", SUBJECT, "--out", str(root / "out" / f"train_v{n_voxels}"),
                                        "--set", "epochs=1", "--set", f"readout_layer={args.layer}"]))
         for stage, command in commands:
+            # A fresh output folder: core.train would otherwise resume an earlier run found there.
+            shutil.rmtree(command[command.index("--out") + 1], ignore_errors=True)
             cached = (root / "cache" / "features").exists()
             result = measure(command, env)
             if stage == "baseline" and not cached and result["returncode"] == 0:
