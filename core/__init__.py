@@ -43,7 +43,7 @@ _EXPORTS = {
     "roi_summary": "metrics",
     "RidgeFit": "ridge", "fit_ridge": "ridge", "ALPHAS": "ridge", "ALPHA_CONVENTION": "ridge",
     "Evaluation": "evaluation", "StoryResponses": "evaluation", "ridge_evaluation": "evaluation",
-    "held_out_responses": "evaluation", "score_prediction": "evaluation",
+    "score_prediction": "evaluation",
     "Trainer": "trainer",
     "transfer": "studies", "probe": "studies",
     "run_baseline": "baseline",

@@ -138,21 +138,6 @@ def held_out_ceiling(dataset, subject: str, stories: Sequence[str]) -> np.ndarra
     return ceiling
 
 
-def held_out_responses(dataset, subject: str, stories) -> tuple[np.ndarray, np.ndarray | None]:
-    """Responses of held-out stories stacked over time, and the ceiling if every story has repeats.
-
-    The responses of a few stories are small enough to hold (float32); the ceiling is
-    computed one voxel block at a time (see :func:`held_out_ceiling`).
-
-    Returns
-    -------
-    responses : array of shape (n_held_out_trs, n_voxels), float32
-    ceiling : array of shape (n_voxels,) or None
-    """
-    responses = StoryResponses(dataset, subject, stories)
-    return responses.block(0, responses.shape[1]), held_out_ceiling(dataset, subject, stories)
-
-
 def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str],
                  block_bytes: int = _SCORE_BLOCK_BYTES) -> np.ndarray:
     """Per-voxel r of a prediction of ``stories`` (n_trs, n_voxels; NaN columns give NaN), read one voxel block at a time.
@@ -175,12 +160,6 @@ def score_prediction(prediction: np.ndarray, dataset, subject: str, stories: Seq
     r = prediction_r(prediction, dataset, subject, stories)
     ceiling = held_out_ceiling(dataset, subject, stories)
     roi_masks = dataset.roi_masks(subject) if roi_masks is None else roi_masks
-    return Evaluation(r=r, ceiling=ceiling, summary=encoding_summary(r, roi_masks, ceiling))
-
-
-def score(prediction: np.ndarray, responses: np.ndarray, roi_masks: dict, ceiling=None) -> Evaluation:
-    """Score a prediction of shape (n_trs, n_voxels) against responses of the same shape."""
-    r = metrics.pearson_r(prediction, responses)
     return Evaluation(r=r, ceiling=ceiling, summary=encoding_summary(r, roi_masks, ceiling))
 
 

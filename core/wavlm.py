@@ -108,6 +108,7 @@ def load_wavlm(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
 
 @contextmanager
 def quiet_transformers():
+    """Silence transformers' logging and progress bars inside the block (restored after it)."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
