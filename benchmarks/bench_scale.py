@@ -9,7 +9,7 @@ each command as a subprocess and measures its peak resident memory (``os.wait4``
 ``ru_maxrss`` of that child) and wall time.
 
     python -m benchmarks.bench_scale [--root /tmp/bench_scale] [--voxels 95000 190000]
-                                     [--train] [--threads 1] [--json PATH]
+                                     [--train] [--no-baseline] [--threads 1] [--json PATH]
 
 The data (~4.5 GB per 95,000 voxels) are written once into ``--root`` (outside the
 repository) and reused. Frozen features are cached under ``ROOT/cache``, shared by both
@@ -149,6 +149,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--voxels", type=int, nargs="+", default=[95_000, 190_000])
     parser.add_argument("--layer", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="also one epoch of core.train per voxel count")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip core.baseline (with --train: measure training only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP_NUM_THREADS of the measured commands (1 on a shared machine)")
     parser.add_argument("--json", default=str(RESULTS))
@@ -162,9 +164,11 @@ def main(argv=None) -> dict:
     runs = []
     for n_voxels in args.voxels:
         data_dir = write_subject(root, n_voxels, lengths)
-        commands = [("baseline", [sys.executable, "-m", "core.baseline", "--data", str(data_dir),
-                                  "--subject", SUBJECT, "--layer", str(args.layer),
-                                  "--out", str(root / "out" / f"baseline_v{n_voxels}")])]
+        commands = []
+        if args.baseline:
+            commands.append(("baseline", [sys.executable, "-m", "core.baseline", "--data", str(data_dir),
+                                          "--subject", SUBJECT, "--layer", str(args.layer),
+                                          "--out", str(root / "out" / f"baseline_v{n_voxels}")]))
         if args.train:
             commands.append(("train", [sys.executable, "-m", "core.train", "--data", str(data_dir),
                                        "--subject", SUBJECT, "--out", str(root / "out" / f"train_v{n_voxels}"),

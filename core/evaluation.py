@@ -11,8 +11,9 @@ Memory
 Nothing here holds all voxels of all training stories: :class:`StoryResponses` reads
 one block of voxel columns at a time from the response files, the ridge solves one
 block at a time, and held-out sets are predicted, scored and their noise ceiling
-computed block by block. What grows with the voxel count is the fit's weights
-(n_features x n_voxels, float32) and per-voxel results.
+computed block by block; a model's own readout is scored the same way
+(:func:`prediction_r` takes a function of the voxel block). What grows with the voxel
+count is the fit's weights (n_features x n_voxels, float32) and per-voxel results.
 
 Summary keys (stable: scripts and tools read them): ``mean_r`` (whole cortex),
 ``roi_mean_r`` (ROI name -> mean r), and where the stories have repeats
@@ -138,25 +139,38 @@ def held_out_ceiling(dataset, subject: str, stories: Sequence[str]) -> np.ndarra
     return ceiling
 
 
-def prediction_r(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str],
-                 block_bytes: int = _SCORE_BLOCK_BYTES) -> np.ndarray:
-    """Per-voxel r of a prediction of ``stories`` (n_trs, n_voxels; NaN columns give NaN), read one voxel block at a time.
+def prediction_r(prediction: np.ndarray | Callable[[slice], np.ndarray], dataset, subject: str,
+                 stories: Sequence[str], block_bytes: int = _SCORE_BLOCK_BYTES) -> np.ndarray:
+    """Per-voxel r of a prediction of ``stories``, read one voxel block at a time.
 
-    Memory holds the prediction and one block of responses, never all of them.
+    Parameters
+    ----------
+    prediction : array of shape (n_trs, n_voxels) (NaN columns give NaN), or a callable
+        that returns the columns of a ``slice`` of voxels, shape (n_trs, width), such as
+        :func:`core.model.readout_prediction`: then no array of all voxels is ever made.
+
+    Memory holds the prediction (or one block of it) and one block of responses, never
+    all of them.
     """
     responses = StoryResponses(dataset, subject, stories)
-    if prediction.shape != responses.shape:
+    whole = isinstance(prediction, np.ndarray)
+    if whole and prediction.shape != responses.shape:
         raise ValueError(f"{subject}: a prediction of shape {prediction.shape} for {', '.join(stories)}, "
                          f"whose responses are {responses.shape}")
     r = np.empty(responses.shape[1])
     for block in _voxel_blocks(responses.shape[1], responses.shape[0], block_bytes):
-        r[block] = metrics.pearson_r(prediction[:, block], responses.block(block.start, block.stop))
+        predicted = prediction[:, block] if whole else prediction(block)
+        expected = (responses.shape[0], block.stop - block.start)
+        if predicted.shape != expected:
+            raise ValueError(f"{subject}: a prediction of voxels {block.start}:{block.stop} of "
+                             f"{', '.join(stories)} has shape {predicted.shape}, expected {expected}")
+        r[block] = metrics.pearson_r(predicted, responses.block(block.start, block.stop))
     return r
 
 
-def score_prediction(prediction: np.ndarray, dataset, subject: str, stories: Sequence[str],
-                     roi_masks: dict | None = None) -> Evaluation:
-    """Score a prediction of held-out ``stories`` (n_trs, n_voxels) streamed by voxel block, with the ceiling."""
+def score_prediction(prediction: np.ndarray | Callable[[slice], np.ndarray], dataset, subject: str,
+                     stories: Sequence[str], roi_masks: dict | None = None) -> Evaluation:
+    """Score a prediction of held-out ``stories`` (see :func:`prediction_r`) streamed by voxel block, with the ceiling."""
     r = prediction_r(prediction, dataset, subject, stories)
     ceiling = held_out_ceiling(dataset, subject, stories)
     roi_masks = dataset.roi_masks(subject) if roi_masks is None else roi_masks

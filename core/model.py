@@ -154,6 +154,41 @@ def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return weight, fit.y_mean[outputs] - (fit.x_mean * scale) @ fit.weights[:, outputs]
 
 
+def readout_prediction(readout: Readout, x: torch.Tensor, outputs: np.ndarray, n_voxels: int):
+    """A readout's prediction of all ``n_voxels``, made one voxel block at a time.
+
+    Parameters
+    ----------
+    readout : Readout, predicting the voxels ``outputs`` (its output ``i`` is voxel ``outputs[i]``).
+    x : tensor of shape (n_trs, n_in), the readout's input (delayed, normalised features).
+    outputs : int array of shape (n_outputs,)
+    n_voxels : int, the subject's voxel count.
+
+    Returns
+    -------
+    predict : callable ``voxels (slice) -> float32 array (n_trs, width)``, NaN for voxels
+        not in ``outputs``; for :func:`core.evaluation.prediction_r`. Only the bottleneck
+        (n_trs x k) is kept: the (n_trs, n_voxels) prediction is never made whole.
+    """
+    with torch.no_grad():
+        hidden = readout.down(x) if readout.bottleneck else x
+    column = np.full(n_voxels, -1)
+    column[outputs] = np.arange(len(outputs))
+
+    def predict(voxels: slice) -> np.ndarray:
+        columns = column[voxels]
+        have = columns >= 0
+        out = np.full((len(hidden), len(columns)), np.nan, np.float32)
+        if have.any():
+            index = torch.as_tensor(columns[have], device=hidden.device)
+            with torch.no_grad():
+                block = nn.functional.linear(hidden, readout.up.weight[index], readout.up.bias[index])
+            out[:, have] = block.float().cpu().numpy()
+        return out
+
+    return predict
+
+
 @dataclass
 class StoryInput:
     """What the model needs of one story, prepared once per visit (cheap until windows run).

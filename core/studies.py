@@ -14,7 +14,7 @@ from . import probes
 from .evaluation import Evaluation, ridge_evaluation, score_prediction
 from .extract import all_window_features
 from .loss import loss_fn, voxel_weights
-from .model import Readout, ridge_as_linear
+from .model import Readout, readout_prediction, ridge_as_linear
 
 __all__ = ["transfer", "probe", "ridge_readout", "fit_bottleneck_readouts"]
 
@@ -108,12 +108,9 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
                                 lambda story: dataset.responses(subject, story, voxels=outputs),
                                 readouts, weights[outputs], config, trainer.device)
         for name, readout in readouts.items():
-            with torch.no_grad():
-                test_x = torch.as_tensor(np.concatenate([by_model[name][s] for s in split.test]), device=trainer.device)
-                predicted = readout(test_x).float().cpu().numpy()
-            full = np.full((len(predicted), len(weights)), np.nan, np.float32)
-            full[:, outputs] = predicted
-            results[subject][f"{name}_readout"] = score_prediction(full, dataset, subject, split.test)
+            test_x = torch.as_tensor(np.concatenate([by_model[name][s] for s in split.test]), device=trainer.device)
+            predict = readout_prediction(readout, test_x, outputs, len(weights))
+            results[subject][f"{name}_readout"] = score_prediction(predict, dataset, subject, split.test)
     return results
 
 

@@ -54,7 +54,7 @@ from .evaluation import Evaluation, prediction_r, ridge_evaluation, score_predic
 from .extract import FrozenFeatures, resolve_cnn_cache
 from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
-from .model import BrainModel, StoryInput, adapt, ridge_as_linear
+from .model import BrainModel, StoryInput, adapt, readout_prediction, ridge_as_linear
 from .outputs import atomic_write
 from .wavlm import load_wavlm
 
@@ -255,15 +255,9 @@ class Trainer:
         record = {"val_r": float("nan"), "val_roi_r": {}, "val_readout_r": float("nan")}
         if "val" in scored:
             record.update(val_r=weighted_mean_r(scored["val"].r, self.weights), val_roi_r=scored["val"].summary["roi_mean_r"])
-            r = prediction_r(self._full_prediction(self.split.val, vectors), self.dataset, self.subject, self.split.val)
+            r = prediction_r(self._readout_prediction(self.split.val, vectors), self.dataset, self.subject, self.split.val)
             record["val_readout_r"] = weighted_mean_r(r, self.weights)
         return record, scored["test"]
-
-    def _predict(self, stories, vectors: dict[str, torch.Tensor]) -> np.ndarray:
-        """The model's own readout on ``stories``: float32 (n_trs, n_outputs), the voxels it predicts."""
-        with torch.no_grad():
-            return torch.cat([self.model.readout(self.model.story_features(self.story_input(s, targets=False), vectors[s]))
-                              for s in stories]).float().cpu().numpy()
 
     def _run_epoch(self, epoch: int, train_loss: float, started: float) -> None:
         """Evaluate the epoch (rank 0), share its record, checkpoint it and report it."""
@@ -322,6 +316,7 @@ class Trainer:
             if (step + 1) % max(1, n_steps // 4) == 0:
                 self.progress(f"epoch {epoch} step {step + 1}/{n_steps} loss {np.mean(losses[-10:]):.4f}")
         self.model.eval()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next step
         mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
         all_reduce_mean([mean])
         return float(mean)
@@ -408,7 +403,7 @@ class Trainer:
         self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
         self.progress(f"test evaluation of epoch {self.best['epoch']}")
         vectors = self.window_vectors(self.split.test)
-        readout = score_prediction(self._full_prediction(self.split.test, vectors), self.dataset, self.subject,
+        readout = score_prediction(self._readout_prediction(self.split.test, vectors), self.dataset, self.subject,
                                    self.split.test, self.roi_masks)
         transfer = studies.transfer(self, [s for s in self.config.transfer_to if s != self.subject])
         probed = studies.probe(self) if self.config.probes else {}
@@ -430,9 +425,8 @@ class Trainer:
             "n_trainable": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
         }
 
-    def _full_prediction(self, stories, vectors: dict[str, torch.Tensor]) -> np.ndarray:
-        """Own-readout prediction of ``stories`` for all voxels (NaN for voxels not predicted), float32."""
-        predicted = self._predict(stories, vectors)
-        full = np.full((len(predicted), len(self.weights)), np.nan, np.float32)
-        full[:, self.outputs] = predicted
-        return full
+    def _readout_prediction(self, stories, vectors: dict[str, torch.Tensor]):
+        """The own readout's prediction of ``stories`` for all voxels, made per voxel block (:func:`readout_prediction`)."""
+        with torch.no_grad():
+            x = torch.cat([self.model.story_features(self.story_input(s, targets=False), vectors[s]) for s in stories])
+        return readout_prediction(self.model.readout, x, self.outputs, len(self.weights))

@@ -5,7 +5,10 @@ response files written here with h5py, and reports how far its resident memory r
 above what it held before the fit (Linux peak RSS, reset just before). The rise must
 stay below one float32 copy of the training responses (it is mostly fixed costs and
 block buffers), and doubling the voxels must not double it: a full copy of Y (float64
-or float32) anywhere on the path fails both.
+or float32) anywhere on the path fails both. Scoring a prediction (the trainer's
+validation and test r) reads the responses one voxel block at a time, and a readout's
+prediction made per voxel block (:func:`core.model.readout_prediction`) is never held
+whole either: each of those rises stays below half a float32 copy of the responses.
 """
 
 from __future__ import annotations
@@ -66,9 +69,28 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS")
 r = prediction_r(prediction, dataset, subject, train, block_bytes=block_bytes)
-print(json.dumps({"rise": rise, "mean_r": evaluations["test"].summary["mean_r"],
+scoring_rise = status("VmHWM") - before
+del prediction
+# The same scoring of a readout's prediction made per voxel block (core.model.readout_prediction):
+# then the prediction is not held either.
+import torch
+from core.model import Readout, readout_prediction
+n_voxels = fit.weights.shape[1]
+outputs = np.arange(50, n_voxels)  # the first 50 voxels are NaN
+torch.manual_seed(0)
+readout = Readout(features[train[0]].shape[1], len(outputs), 8)
+x = torch.as_tensor(np.concatenate([features[s] for s in train]))
+readout_prediction(readout, x, outputs, n_voxels)(slice(0, 100))  # warm up torch's one-time allocations
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+readout_r = prediction_r(readout_prediction(readout, x, outputs, n_voxels), dataset, subject, train,
+                         block_bytes=block_bytes)
+readout_rise = status("VmHWM") - before
+print(json.dumps({"rise": rise, "readout_rise": readout_rise, "readout_r_finite": int(np.isfinite(readout_r).sum()),
+                  "mean_r": evaluations["test"].summary["mean_r"],
                   "ceiling": evaluations["test"].summary["mean_ceiling"],
-                  "scoring_rise": status("VmHWM") - before, "train_r": float(np.nanmean(r))}))
+                  "scoring_rise": scoring_rise, "train_r": float(np.nanmean(r))}))
 """
 
 
@@ -116,6 +138,13 @@ def test_ridge_evaluation_memory_does_not_grow_with_voxels(tmp_path):
         assert result["scoring_rise"] < y_bytes / 2, (
             f"{n_voxels} voxels: memory rose {result['scoring_rise'] / 2**20:.0f} MiB while scoring a "
             f"prediction; the responses are {y_bytes / 2**20:.0f} MiB as float32"
+        )
+        # ... and so does scoring a readout's prediction made per voxel block: neither the
+        # responses nor the (rows x voxels) prediction are ever held whole.
+        assert result["readout_r_finite"] == n_voxels - 50
+        assert result["readout_rise"] < y_bytes / 2, (
+            f"{n_voxels} voxels: memory rose {result['readout_rise'] / 2**20:.0f} MiB while scoring a readout's "
+            f"prediction; the prediction is {y_bytes / 2**20:.0f} MiB as float32"
         )
         assert result["rise"] < y_bytes, (
             f"{n_voxels} voxels: memory rose {result['rise'] / 2**20:.0f} MiB during the ridge "

@@ -18,7 +18,7 @@ from core import train
 from core.cli import run
 from core.config import TrainConfig
 from core.dataset import Dataset
-from core.model import Readout, adapt
+from core.model import Readout, adapt, readout_prediction
 from core.synth import SIZES, generate
 from core.trainer import Trainer, epoch_blocks
 from core.wavlm import load_wavlm
@@ -35,6 +35,19 @@ def test_readout_reproduces_a_linear_map():
         readout = Readout(12, 7, bottleneck)
         readout.set_linear(low_rank, bias)
         np.testing.assert_allclose(readout(x).detach().numpy(), x.numpy() @ low_rank + bias, atol=1e-4)
+
+
+def test_readout_prediction_by_voxel_block_equals_the_whole_prediction():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 12, generator=gen)
+    outputs = np.array([0, 2, 3, 7, 8])  # voxels 1, 4, 5, 6 are not predicted
+    for bottleneck in (0, 4):
+        readout = Readout(12, len(outputs), bottleneck)
+        whole = np.full((9, 10), np.nan, np.float32)
+        whole[:, outputs] = readout(x).detach().numpy()
+        predict = readout_prediction(readout, x, outputs, n_voxels=10)
+        for block in (slice(0, 10), slice(0, 3), slice(4, 7), slice(8, 10)):
+            np.testing.assert_allclose(predict(block), whole[:, block], rtol=1e-6, atol=1e-6)
 
 
 def test_adapt_trains_only_what_it_should(small_data):
