@@ -8,7 +8,7 @@ model or the subject's data are in :meth:`TrainConfig.check_against`.
 =================  =============================  ==========================================
 setting            default                        meaning
 =================  =============================  ==========================================
-model              null                           WavLM, HuBERT or wav2vec2 checkpoint folder
+model              null                           WavLM, HuBERT, wav2vec2 or Whisper checkpoint folder
                                                   or hub id; null = the dataset's
                                                   ``pretrained/`` folder
 readout_layer      9                              transformer layer read out, 1-based as
@@ -25,7 +25,8 @@ lora_alpha         4.0                            LoRA scale numerator (scale = 
 lora_dropout       0.1                            dropout on the adapters' input, in [0, 1)
 lora_targets       [q_proj, k_proj, v_proj]       modules of each layer that get adapters:
                                                   q_proj, k_proj, v_proj, out_proj,
-                                                  intermediate_dense, output_dense
+                                                  intermediate_dense, output_dense (Whisper:
+                                                  fc1, fc2)
 lr                 1.0e-4                         learning rate of the adapters (or of the
                                                   fine-tuned layers); 0 holds them fixed
                                                   (only the readout trains: the control)
@@ -51,8 +52,8 @@ delays             [1, 2, 3, 4]                   FIR delays in TRs
 context            3.75                           seconds of audio before each window's chunk
 chunk              0.25                           seconds of new audio per window
 stride             0.25                           seconds between window ends
-layerdrop          0.0                            WavLM layer drop probability in training
-dropout            0.0                            WavLM's own dropout (attention, hidden,
+layerdrop          0.0                            layer drop probability in training
+dropout            0.0                            the backbone's own dropout (attention, hidden,
                                                   activation, feature projection) in training;
                                                   checkpoints ship 0.1. Attention dropout
                                                   also makes CPU attention ~4x slower.

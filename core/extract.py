@@ -21,6 +21,7 @@ import torch
 
 from . import wavlm
 from .cache import cache_root
+from .errors import ConfigError
 from .features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
 from .outputs import atomic_write
 
@@ -126,9 +127,12 @@ def window_vectors(
 
 
 def resolve_cnn_cache(model, cnn_cache: bool | str) -> bool:
-    """``"auto"`` -> use the story-level CNN when slicing it is exact."""
+    """``"auto"`` -> use the story-level CNN when slicing it is exact (never for Whisper, which refuses it)."""
     if cnn_cache == "auto":
         return wavlm.cnn_slicing_is_exact(model.config)
+    if cnn_cache and wavlm.is_whisper(model.config):
+        raise ConfigError("cnn_cache: Whisper's front end cannot be cut from the story's (its log-mel is normalised "
+                          "by each input's maximum); use cnn_cache: auto or off")
     return bool(cnn_cache)
 
 

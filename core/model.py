@@ -16,22 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import wavlm as backbones
 from .distributed import all_reduce_mean
 from .extract import StoryWindows, story_cnn, to_trs, window_vectors
 from .features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
 
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-FEED_FORWARD_TARGETS = ("intermediate_dense", "output_dense")
-
-
-def module_name(layer: int, target: str) -> str:
-    """Name of a projection in ``WavLMModel`` for 1-based ``layer``."""
-    part = "attention" if target in ATTENTION_TARGETS else "feed_forward"
-    return f"encoder.layers.{layer - 1}.{part}.{target}"
-
 
 def adapt(model, layers: list[int], targets: list[str], rank: int, alpha: float, dropout: float) -> list[nn.Parameter]:
-    """Make ``layers`` of a WavLM trainable: LoRA adapters on ``targets``, or all weights when ``rank == 0``.
+    """Make ``layers`` of a backbone trainable: LoRA adapters on ``targets``, or all weights when ``rank == 0``.
 
     Every other weight is frozen. Adapters start at zero (peft initialises ``lora_B`` to
     0), so the adapted model starts equal to the pretrained one.
@@ -44,12 +36,12 @@ def adapt(model, layers: list[int], targets: list[str], rank: int, alpha: float,
         p.requires_grad_(False)
     if rank == 0:
         for layer in layers:
-            for p in model.encoder.layers[layer - 1].parameters():
+            for p in backbones.encoder_layers(model)[layer - 1].parameters():
                 p.requires_grad_(True)
     elif layers:
         from peft import LoraConfig, inject_adapter_in_model
 
-        names = [module_name(layer, t) for layer in layers for t in targets]
+        names = [backbones.target_module_name(model.config, layer, t) for layer in layers for t in targets]
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
         inject_adapter_in_model(config, model)
     return [p for p in model.parameters() if p.requires_grad]
