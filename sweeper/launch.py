@@ -48,10 +48,12 @@ def resolve_data(data: str, root: Path = Path("data")) -> Path:
 
 
 def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int = 32) -> None:
-    """Sample configurations of the space and check each against the model and the subjects' data.
+    """Sample configurations of the space and check each against its model and the subjects' data.
 
     Catches impossible combinations (e.g. a LoRA layer above the read-out layer, an ROI a
-    subject lacks) before any trial starts.
+    subject lacks, a layer a searched ``model`` does not have) before any trial starts.
+    ``model`` may be searched across families (``model: {choice: [...]}``); give each its
+    own layers with ``when: {model: ...}``. Every checkpoint is read (config only) once.
     """
     import optuna
 
@@ -62,8 +64,17 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     from .space import SearchSpace, train_config
 
     dataset = Dataset(data)
-    model = spec.fixed.get("model") or str(data / "pretrained")
-    n_layers = checkpoint_config(model).num_hidden_layers  # a family we cannot tune fails here, not in a trial
+    layers_of: dict[str, int] = {}
+
+    def n_layers(model: str) -> int:  # a family we cannot tune fails here, not in a trial
+        if model not in layers_of:
+            try:
+                layers_of[model] = checkpoint_config(model).num_hidden_layers
+            except ConfigError as err:
+                raise ConfigError(f"{spec.source}: model: {err}") from None
+        return layers_of[model]
+
+    n_layers(spec.fixed.get("model") or str(data / "pretrained"))
     info = {}
     for subject in subjects:
         dataset.validate(subject)
@@ -79,11 +90,13 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
             raise ConfigError(f"{spec.source}: transfer_to: no subject {', '.join(unknown)} in {data} "
                               f"(available: {', '.join(dataset.subjects)})")
         probes.check(config.probes, dataset)
+        model = config.model or str(data / "pretrained")
         for subject, (rois, trs) in info.items():
             try:
-                config.check_against(n_layers=n_layers, roi_names=rois, story_trs=trs)
+                config.check_against(n_layers=n_layers(model), roi_names=rois, story_trs=trs)
             except ConfigError as err:
-                raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}: {err}") from None
+                searched = f" with model {model}" if "model" in {p.setting for p in spec.params} else ""
+                raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}{searched}: {err}") from None
         study.tell(trial, 0.0)
 
 

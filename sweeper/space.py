@@ -31,6 +31,17 @@ never lie above it). ``choice`` values may also be mappings (e.g. ``roi_weights:
 earlier ones (searched or fixed). Setting names are those of
 :class:`core.config.TrainConfig`, plus ``roi_weights.<ROI>``.
 
+One setting may be searched in several ways, each under its own ``when``, by naming
+them ``setting@variant``: e.g. backbones searched together, each with its own layers::
+
+    search:
+      model: {choice: [microsoft/wavlm-base-plus, openai/whisper-base]}
+      readout_layer@wavlm: {int: [6, 12], when: {model: microsoft/wavlm-base-plus}}
+      readout_layer@whisper: {int: [3, 6], when: {model: openai/whisper-base}}
+
+Each variant is its own Optuna parameter (Optuna needs one distribution per name); the
+trial's configuration gets ``readout_layer``. At most one variant may hold per trial.
+
 Objective metrics are what every trial reports (see :mod:`sweeper.trial`): ``best_val_r``
 (validation r of the best epoch, with the ROI weighting) and ``best_val_r.<ROI>``.
 """
@@ -66,6 +77,11 @@ class Param:
     kind: str
     values: list
     when: dict = field(default_factory=dict)
+
+    @property
+    def setting(self) -> str:
+        """The setting it sets: the name without its ``@variant``."""
+        return self.name.split("@", 1)[0]
 
 
 @dataclass
@@ -163,10 +179,15 @@ def parse_spec(raw, source: str = "search space") -> SweepSpec:
         for cond in p.when:
             if cond not in known and cond not in SETTINGS:
                 raise _fail(source, f"search.{p.name}.when", f"unknown setting {cond!r}" + _suggest(cond, SETTINGS))
-        known.add(p.name)
-    if any(p.kind == "top_layers" for p in params) and "readout_layer" in [p.name for p in params]:
-        order = [p.name for p in params]
-        if order.index("readout_layer") > order.index("lora_layers"):
+        known.add(p.setting)
+    for setting in {p.setting for p in params}:
+        ways = [p for p in params if p.setting == setting]
+        if len(ways) > 1 and not all(p.when for p in ways):
+            raise _fail(source, f"search.{next(p.name for p in ways if not p.when)}",
+                        f"{setting} is searched {len(ways)} ways; each needs its own when")
+    if any(p.kind == "top_layers" for p in params) and "readout_layer" in [p.setting for p in params]:
+        order = [p.setting for p in params]
+        if max(i for i, name in enumerate(order) if name == "readout_layer") > order.index("lora_layers"):
             raise _fail(source, "search.lora_layers", "top_layers needs readout_layer searched before it")
 
     objective = _objective(source, raw.setdefault("objective", {"metric": "best_val_r", "mode": "max"}))
@@ -203,8 +224,11 @@ def parse_spec(raw, source: str = "search space") -> SweepSpec:
 
 def _param(source: str, name: str, spec) -> Param:
     key = f"search.{name}"
-    base = name.split(".", 1)[0]
-    if base not in SETTINGS or ("." in name and base != "roi_weights"):
+    setting, _, variant = name.partition("@")
+    if "@" in name and not variant:
+        raise _fail(source, key, "expected setting@variant, with a variant name after @")
+    base = setting.split(".", 1)[0]
+    if base not in SETTINGS or ("." in setting and base != "roi_weights"):
         raise _fail(source, key, "not a setting" + _suggest(name, SETTINGS + ("roi_weights.<ROI>",)))
     if not isinstance(spec, dict):
         raise _fail(source, key, f"expected {{kind: values}} with kind one of {', '.join(KINDS)}")
@@ -230,7 +254,7 @@ def _param(source: str, name: str, spec) -> Param:
             raise _fail(source, key, f"{kind} bounds must be integers (got {values!r})")
         if kind == "loguniform" and low <= 0:
             raise _fail(source, key, f"loguniform needs low > 0 (got {low})")
-        if kind == "top_layers" and (name != "lora_layers" or low < 1):
+        if kind == "top_layers" and (setting != "lora_layers" or low < 1):
             raise _fail(source, key, "top_layers is for lora_layers, with k >= 1")
     return Param(name, kind, values, when)
 
@@ -336,8 +360,12 @@ class SearchSpace:
                 top = values.get("readout_layer", TrainConfig().readout_layer)
                 depth = trial.suggest_int("lora_depth", p.values[0], max(p.values[0], min(p.values[1], top)))
                 v = list(range(max(1, top - depth + 1), top + 1))
-            values[p.name] = v
-            settings[p.name] = v
+            if p.setting in settings:
+                raise ConfigError(f"search: two ways of searching {p.setting} hold in one trial "
+                                  f"({', '.join(q.name for q in self.params if q.setting == p.setting)}): "
+                                  "make their when conditions exclusive")
+            values[p.setting] = v
+            settings[p.setting] = v
         return {"settings": settings}
 
 

@@ -146,3 +146,56 @@ def test_launch_checks_study_settings_before_ray(tiny_data, tmp_path, capsys):
                                                                        "probes": [f"semantic:{tmp_path}/no.txt"]}}))
     assert run(launch_main, ["--config", str(space), "--dry-run"]) == 2
     assert "word-vector file not found" in capsys.readouterr().err
+
+
+def test_backbones_searched_together_each_with_its_own_layers(tiny_data, tmp_path, capsys):
+    """``model`` searched across families; ``readout_layer@variant`` gives each its own layers, checked before Ray."""
+    from transformers import WhisperConfig, WhisperModel
+
+    whisper = tmp_path / "whisper"  # a 2-layer Whisper; the dataset's own WavLM has 4
+    WhisperModel(WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                               decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=100,
+                               max_target_positions=16, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=1)).save_pretrained(whisper)
+    wavlm = str(tiny_data / "pretrained")
+    raw = {"data": str(tiny_data), "fixed": {"context": 0.75, "chunk": 0.25, "stride": 1.0},
+           "search": {"model": {"choice": [wavlm, str(whisper)]},
+                      "readout_layer@wavlm": {"choice": [3, 4], "when": {"model": wavlm}},
+                      "readout_layer@whisper": {"int": [1, 2], "when": {"model": str(whisper)}},
+                      "lora_layers": {"top_layers": [1, 2]}},
+           "budget": {"trials": 2}}
+    spec = parse_spec(raw, "families.yaml")
+    space, study = SearchSpace(spec), optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        settings = space(trial)["settings"]
+        variant = "wavlm" if settings["model"] == wavlm else "whisper"
+        # Each variant is its own Optuna parameter; the trial's config gets readout_layer.
+        assert set(trial.params) == {"model", f"readout_layer@{variant}", "lora_depth"}
+        assert settings["readout_layer"] in ({3, 4} if variant == "wavlm" else {1, 2})
+        assert max(settings["lora_layers"]) == settings["readout_layer"]
+        seen.add((variant, settings["readout_layer"]))
+        study.tell(trial, 0.0)
+    assert {variant for variant, _ in seen} == {"wavlm", "whisper"}
+
+    path = tmp_path / "families.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert run(launch_main, ["--config", str(path), "--dry-run"]) == 0
+    assert "readout_layer@whisper: int [1, 2] when" in capsys.readouterr().out
+    # A layer the Whisper lacks is caught before any trial, naming the model.
+    raw["search"]["readout_layer@whisper"] = {"choice": [3], "when": {"model": str(whisper)}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert run(launch_main, ["--config", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"impossible for UTS01 with model {whisper}" in err and "readout_layer" in err
+    # Several ways of searching one setting need their own conditions...
+    with pytest.raises(SpaceError, match=r"search.readout_layer@b: readout_layer is searched 2 ways; each needs its own when"):
+        parse_spec({**raw, "search": {"readout_layer@a": {"choice": [1], "when": {"lr": 0.1}},
+                                      "readout_layer@b": {"choice": [2]}}}, "two.yaml")
+    # ... that exclude each other in every trial.
+    both = parse_spec({**raw, "fixed": {"lr": 0.1}, "search": {"readout_layer@a": {"choice": [1], "when": {"lr": 0.1}},
+                                                               "readout_layer@b": {"choice": [2], "when": {"lr": 0.1}}}},
+                      "both.yaml")
+    with pytest.raises(Exception, match="two ways of searching readout_layer hold in one trial"):
+        SearchSpace(both)(optuna.create_study().ask())
