@@ -20,6 +20,14 @@
   scale, noise levels; ``<SUBJECT>.hf5``: voxel groups, noise sd, the noiseless test
   responses and the exact noise ceiling; ``teacher/``: the teacher model).
 
+Real networks and real speech (``SynthSpec.pretrained``, ``SynthSpec.speech``; ``--pretrained``,
+``--speech``): the "pretrained" model may instead be any checkpoint folder of a supported
+family (:data:`core.wavlm.FAMILIES`; e.g. the real Whisper tiny.en from
+:mod:`core.whisper_ct2`), copied to ``DIR/pretrained``, and the sound may be real speech:
+clips (16-kHz wav files of a folder) joined in a seeded random order with 0.2-0.8 s
+pauses. Real clips come without word times, so no TextGrids are written (the word-level
+probes need them).
+
 How responses are made: the *teacher* is the pretrained model with a planted rank-``r``
 change ``scale * U V^T`` added to the q and v projections of ``planted_layers``. Teacher
 window features at ``low_layer`` and ``high_layer`` become TR features by one of two
@@ -113,6 +121,10 @@ class SynthSpec:
     sample_rate: int = 16000
     window: dict = field(default_factory=lambda: WindowSpec().as_dict())
     response_model: str = "fir"
+    # real networks and real speech: a checkpoint folder ("" = the small random WavLM above,
+    # whose sizes then apply), and a folder of 16-kHz wav clips ("" = speech-like sound)
+    pretrained: str = ""
+    speech: str = ""
 
     def __post_init__(self):
         if self.response_model not in RESPONSE_MODELS:
@@ -188,10 +200,11 @@ def plant(model, spec: SynthSpec):
 
     teacher = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(spec.seed + 2)
-    d = spec.hidden_size
+    d = model.config.hidden_size
     with torch.no_grad():
         for layer in spec.planted_layers:
-            attn = teacher.encoder.layers[layer - 1].attention
+            block = teacher.encoder.layers[layer - 1]
+            attn = block.self_attn if hasattr(block, "self_attn") else block.attention  # Whisper's, or the others'
             for proj in (getattr(attn, name) for name in spec.planted_projections):
                 u = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
                 v = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
@@ -403,17 +416,62 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: 
     return out
 
 
-def _write(root: Path, spec: SynthSpec, progress) -> None:
-    pretrained = make_pretrained(spec)
-    teacher = plant(pretrained, spec)
-    from .wavlm import quiet_transformers
+def load_checkpoint(folder: str):
+    """A checkpoint folder as its family's whole transformers model (Whisper with its decoder), for :func:`plant`."""
+    import transformers
 
+    from .wavlm import FAMILIES, checkpoint_config, quiet_transformers
+
+    model_class = getattr(transformers, FAMILIES[checkpoint_config(folder).model_type])
     with quiet_transformers():
-        pretrained.save_pretrained(root / "pretrained")
+        return model_class.from_pretrained(folder).eval()
+
+
+def speech_clips(folder: str, sample_rate: int) -> list[np.ndarray]:
+    """The wav clips of ``folder`` (sorted by name), each at ``sample_rate``."""
+    clips = []
+    for path in sorted(Path(folder).glob("*.wav")):
+        audio, rate = ds.read_wav(path)
+        if rate != sample_rate:
+            raise DataError(f"{path}: {rate} Hz; the speech clips must be {sample_rate} Hz")
+        clips.append(audio.astype(np.float32))
+    if not clips:
+        raise DataError(f"{folder}: no .wav clips")
+    return clips
+
+
+def joined_speech(duration: float, clips: list[np.ndarray], rng: np.random.Generator,
+                  sample_rate: int = 16000) -> np.ndarray:
+    """``duration`` seconds of the clips in a random order (each used again only after all others), paused 0.2-0.8 s."""
+    n = int(round(duration * sample_rate))
+    parts, total, order = [], 0, []
+    while total < n:
+        if not order:
+            order = list(rng.permutation(len(clips)))
+        clip = clips[order.pop()]
+        pause = np.zeros(int(rng.uniform(0.2, 0.8) * sample_rate), np.float32)
+        parts += [clip, pause]
+        total += len(clip) + len(pause)
+    return np.concatenate(parts)[:n]
+
+
+def _write(root: Path, spec: SynthSpec, progress) -> None:
+    from .wavlm import load_wavlm, quiet_transformers
+
+    pretrained = load_checkpoint(spec.pretrained) if spec.pretrained else make_pretrained(spec)
+    teacher = plant(pretrained, spec)
+    with quiet_transformers():
+        if spec.pretrained:
+            shutil.copytree(spec.pretrained, root / "pretrained")
+        else:
+            pretrained.save_pretrained(root / "pretrained")
         teacher.save_pretrained(root / "truth" / "teacher")
+    if spec.pretrained:  # the backbone our pipeline runs (of Whisper, the encoder)
+        teacher = load_wavlm(str(root / "truth" / "teacher"))
+    clips = speech_clips(spec.speech, spec.sample_rate) if spec.speech else None
     window = WindowSpec(**spec.window)
     stories = spec.stories()
-    readouts = [subject_readout(spec, spec.hidden_size, i) for i in range(len(spec.subjects))]
+    readouts = [subject_readout(spec, teacher.config.hidden_size, i) for i in range(len(spec.subjects))]
     for r in readouts:
         r["w_low"], r["w_high"] = response_weights(spec, r["w_low"]), response_weights(spec, r["w_high"])
     rng = np.random.default_rng([spec.seed, 7])
@@ -421,10 +479,13 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
     signals = {s: {} for s in spec.subjects}
     for k, (story, n_trs) in enumerate(stories.items()):
         progress(f"[{k + 1}/{len(stories)}] {story}: audio and teacher features")
-        audio, words, phones = speechlike_audio(story_duration(n_trs), rng, spec.sample_rate)
+        if clips is None:
+            audio, words, phones = speechlike_audio(story_duration(n_trs), rng, spec.sample_rate)
+            ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
+                              {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
+        else:
+            audio = joined_speech(story_duration(n_trs), clips, rng, spec.sample_rate)
         ds.write_wav(root / "stimuli" / f"{story}.wav", audio, spec.sample_rate)
-        ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
-                          {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         times, feats = all_window_features(teacher, audio, window, [spec.low_layer, spec.high_layer])
         x_low = tr_features(spec, feats[spec.low_layer], times, n_trs)
         x_high = tr_features(spec, feats[spec.high_layer], times, n_trs)
@@ -491,11 +552,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--response-model", choices=RESPONSE_MODELS,
                         help="how teacher features become responses (default: the size's, fir)")
+    parser.add_argument("--pretrained", default="",
+                        help="a checkpoint folder as the pretrained model (default: the size's small random WavLM)")
+    parser.add_argument("--speech", default="", help="a folder of 16-kHz wav clips as the sound (default: speech-like)")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
     args = parser.parse_args(argv)
     try:
         spec = replace(SIZES[args.size], seed=args.seed,
-                       response_model=args.response_model or SIZES[args.size].response_model)
+                       response_model=args.response_model or SIZES[args.size].response_model,
+                       pretrained=str(Path(args.pretrained).resolve()) if args.pretrained else "",
+                       speech=str(Path(args.speech).resolve()) if args.speech else "")
         path = generate(args.out, spec, force=args.force)
     except BrainsweepError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -131,3 +131,40 @@ def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
     assert teacher - frozen > 0.05
     with pytest.raises(ConfigError, match="response_model"):
         replace(spec, response_model="gamma")
+
+
+def test_a_real_checkpoint_and_speech_clips_make_a_planted_dataset(tmp_path):
+    """``pretrained`` (here a tiny Whisper, as the real tiny.en would be) and ``speech`` (wav clips)."""
+    from transformers import WhisperConfig, WhisperModel
+
+    from core.audio import read_wav, write_wav
+
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(d_model=32, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_dim=64,
+                               decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, max_source_positions=100,
+                               max_target_positions=16, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=1)).save_pretrained(tmp_path / "whisper")
+    rng = np.random.default_rng(0)
+    clips = [synth.speechlike_audio(seconds, rng)[0] for seconds in (1.5, 2.5, 3.0)]
+    for i, clip in enumerate(clips):
+        write_wav(tmp_path / "speech" / f"clip{i}.wav", clip)
+    clips = [read_wav(tmp_path / "speech" / f"clip{i}.wav")[0] for i in range(3)]  # as stored (16-bit)
+    spec = replace(synth.SIZES["tiny"], n_train_stories=2, train_trs=20, val_trs=12, test_trs=12, n_voxels=40,
+                   planted_layers=(2,), high_layer=2, pretrained=str(tmp_path / "whisper"), speech=str(tmp_path / "speech"),
+                   window=synth.WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
+    root = synth.generate(tmp_path / "data", spec, progress=lambda m: None)
+
+    # The teacher is the checkpoint with the change planted in layer 2's q and v, nothing else.
+    pretrained, teacher = synth.load_checkpoint(str(root / "pretrained")), synth.load_checkpoint(str(root / "truth/teacher"))
+    changed = {name for name, p in teacher.state_dict().items() if not torch.equal(p, pretrained.state_dict()[name])}
+    assert changed == {"encoder.layers.1.self_attn.q_proj.weight", "encoder.layers.1.self_attn.v_proj.weight"}
+    # The sound is the clips, whole, in some order, with silent pauses between them.
+    audio = read_wav(root / "stimuli" / "wheretheressmoke.wav")[0]
+    first = next(clip for clip in clips if np.allclose(audio[:len(clip)], clip, atol=2e-4))  # 16-bit rounding
+    assert not audio[len(first):len(first) + 3200].any()
+    assert not (root / "derivative" / "TextGrids").exists()  # real clips have no word times
+    dataset = Dataset(root)
+    for subject in spec.subjects:
+        dataset.validate(subject)
+        responses = dataset.responses(subject, "wheretheressmoke")
+        assert responses.shape == (12, 40) and np.isfinite(responses[:, ~np.isnan(responses).all(0)]).all()
