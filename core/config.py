@@ -73,6 +73,10 @@ transfer_to        []                             other subjects scored on this 
                                                   features: a new ridge readout each, vs the
                                                   same on pretrained features (the run's own
                                                   subject is skipped)
+transfer_fractions [1.0]                          data efficiency: shares of each transfer
+                                                  subject's training stories its new ridge
+                                                  readouts see (nested subsets, >= 2
+                                                  stories), tuned vs pretrained features
 probes             []                             word-level probe targets scored at the end
                                                   (core.probes): acoustic, semantic:<GloVe
                                                   file>, planted, unchanged (synthetic data)
@@ -182,6 +186,7 @@ class TrainConfig:
     ridge_backend: str = "numpy"
     norm_momentum: float = 0.01
     transfer_to: list[str] = field(default_factory=list)
+    transfer_fractions: list[float] = field(default_factory=lambda: [1.0])
     probes: list[str] = field(default_factory=list)
     probe_layers: list[int] | None = None
 
@@ -383,6 +388,9 @@ class TrainConfig:
         require(0 < self.norm_momentum <= 1, "norm_momentum", "is not in (0, 1]", "0 < norm_momentum <= 1")
         require(all(subject.strip() for subject in self.transfer_to) and len(set(self.transfer_to)) == len(self.transfer_to),
                 "transfer_to", "has an empty name or repeats", "subject names, each at most once")
+        require(len(self.transfer_fractions) >= 1 and all(0 < f <= 1 for f in self.transfer_fractions)
+                and list(self.transfer_fractions) == sorted(set(self.transfer_fractions)),
+                "transfer_fractions", "is not increasing shares in (0, 1]", "e.g. [0.1, 0.25, 0.5, 1.0]")
         for family in self.probes:
             require(family in PROBE_FAMILIES or (family.startswith(SEMANTIC_PROBE) and len(family) > len(SEMANTIC_PROBE)),
                     "probes", f"{family!r} is not a target family",

@@ -7,6 +7,8 @@ model through the same pipeline, so only the backbone differs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -67,6 +69,12 @@ def fit_bottleneck_readouts(features: dict[str, dict[str, np.ndarray]], response
     return {name: readout.eval() for name, readout in readouts.items()}
 
 
+def story_subsets(stories, fractions, seed: int) -> dict[float, list[str]]:
+    """Nested subsets of ``stories`` for each share below 1: the first ``ceil(f * n)`` (>= 2) in a seeded order."""
+    order = [stories[i] for i in np.random.default_rng([seed, 13]).permutation(len(stories))]
+    return {f: sorted(order[:max(2, math.ceil(f * len(order)))]) for f in fractions if f < 1}
+
+
 def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
     """Other subjects' readouts on the trainer's current features and on the pretrained model's.
 
@@ -77,7 +85,14 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
     (:func:`fit_bottleneck_readouts`), the paper's readout. A story's window vectors do
     not depend on the subject: they are computed once for every subject.
 
-    Returns ``{subject: {"baseline", "tuned", "baseline_readout", "tuned_readout"}}`` -> Evaluation.
+    Data efficiency (``config.transfer_fractions``): for each share ``f`` below 1, the two
+    ridge readouts are fitted again on the first ``ceil(f * n)`` (at least 2) of the
+    subject's ``n`` training stories in a seeded order, so that the subsets are nested,
+    and scored on the same test stories: ``baseline@f`` and ``tuned@f``. Share 1 is
+    ``baseline`` and ``tuned``.
+
+    Returns ``{subject: {"baseline", "tuned", "baseline_readout", "tuned_readout",
+    "baseline@f", "tuned@f", ...}}`` -> Evaluation.
     """
     if not subjects:
         return {}
@@ -104,6 +119,10 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
             results[subject][name] = scored["test"]
             readouts[name] = ridge_readout(fit, outputs, config, trainer.device)
             del fit
+            for fraction, stories in story_subsets(split.train, config.transfer_fractions, config.seed).items():
+                _, scored = ridge_evaluation(features, dataset, subject, stories, {"test": split.test},
+                                             seed=config.seed, backend=config.ridge_backend)
+                results[subject][f"{name}@{fraction:g}"] = scored["test"]
         fit_bottleneck_readouts({name: {s: f[s] for s in split.train} for name, f in by_model.items()},
                                 lambda story: dataset.responses(subject, story, voxels=outputs),
                                 readouts, weights[outputs], config, trainer.device)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -368,7 +369,42 @@ def transfer_report(sweep: Sweep) -> Report:
             name = f"transfer_{readout}.png"
             figures[name] = figure
             lines += [f"![transfer, {readout} readout]({name})", ""]
+    lines += _data_efficiency(best)
     return Report("\n".join(lines), figures)
+
+
+_FRACTION = re.compile(r"^transfer_r_([0-9.]+)pct\.([^.]+)$")
+
+
+def data_efficiency(trial: TrialRun) -> dict[str, dict[float, tuple[float, float]]]:
+    """``{target: {percent of its training stories: (pretrained r, tuned r)}}`` of a trial, 100% included."""
+    out: dict[str, dict[float, tuple[float, float]]] = {}
+    for key, value in trial.metrics.items():
+        match = _FRACTION.match(key)
+        if match:
+            percent, target = float(match.group(1)), match.group(2)
+            out.setdefault(target, {})[percent] = (
+                trial.metrics.get(f"transfer_baseline_r_{match.group(1)}pct.{target}", math.nan), value)
+    for target, curve in out.items():
+        curve[100.0] = (trial.metrics.get(f"transfer_baseline_r.{target}", math.nan),
+                        trial.metrics.get(f"transfer_r.{target}", math.nan))
+    return {target: dict(sorted(curve.items())) for target, curve in sorted(out.items())}
+
+
+def _data_efficiency(best: dict[str, TrialRun]) -> list[str]:
+    """Per source -> target pair: test r of a new ridge readout fitted on a share of the target's stories."""
+    lines = []
+    for source, trial in best.items():
+        for target, curve in data_efficiency(trial).items():
+            if not lines:
+                lines = ["### Data efficiency", "",
+                         "A new subject's ridge readout fitted on a share of its training stories (nested subsets), "
+                         "on the tuned backbone and on the pretrained one; test r. `transfer_fractions` sets the shares.",
+                         "", "| backbone | readout for | stories | pretrained | tuned | change |", "|---|---|---|---|---|---|"]
+            for percent, (pretrained, tuned) in curve.items():
+                lines.append(f"| {source} (trial {trial.trial_id}) | {target} | {percent:g}% | {_f(pretrained)} | "
+                             f"{_f(tuned)} | {_f(tuned - pretrained, sign=True)} |")
+    return lines + [""] if lines else []
 
 
 def _transfer_matrix(best: dict[str, TrialRun], targets: list[str], readout: str, own: str, prefix: str):

@@ -17,7 +17,9 @@ features of the training stories, scored on the validation stories
   ``done_training: 1``; with ``transfer_to``, for each other subject S
   ``transfer_r.S`` (a new ridge readout of S on this trial's tuned features) and
   ``transfer_baseline_r.S`` (the same on pretrained features), ``transfer_readout_r.S`` and
-  ``transfer_baseline_readout_r.S`` (a bottleneck readout instead of ridge), each per ROI too; with
+  ``transfer_baseline_readout_r.S`` (a bottleneck readout instead of ridge), each per ROI too;
+  with ``transfer_fractions`` below 1, ``transfer_r_<P>pct.S`` and ``transfer_baseline_r_<P>pct.S``
+  (ridge readouts fitted on P% of S's training stories); with
   ``probes``, ``probe_r.<family>.L<layer>`` (tuned) and ``probe_baseline_r.<family>.L<layer>``
   (pretrained): held-out r of word-level probes (:mod:`core.probes`).
 
@@ -110,6 +112,11 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
         metrics.update(_flat(f"transfer_baseline_r.{other}", pair["baseline"]))
         metrics.update(_flat(f"transfer_readout_r.{other}", pair["tuned_readout"]))
         metrics.update(_flat(f"transfer_baseline_readout_r.{other}", pair["baseline_readout"]))
+        for name, result in pair.items():  # data efficiency: "tuned@0.25" -> transfer_r_25pct.<S>
+            if "@" in name:
+                model, fraction = name.split("@")
+                which = "transfer_r" if model == "tuned" else "transfer_baseline_r"
+                metrics.update(_flat(f"{which}_{float(fraction) * 100:g}pct.{other}", result))
     for family, layers in summary.get("probes", {}).items():
         for layer, pair in layers.items():
             metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]

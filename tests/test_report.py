@@ -98,7 +98,8 @@ def test_transfer_report_pairs_every_backbone_with_every_subject(tmp_path):
     record(uri, "transfer", "transfer", [
         {"subject": "UTS01", "params": {"lr": 0.01},
          "metrics": {"test_r": 0.60, "baseline_r": 0.50, "transfer_r.UTS02": 0.57, "transfer_baseline_r.UTS02": 0.52,
-                     "test_readout_r": 0.59, "transfer_readout_r.UTS02": 0.56, "transfer_baseline_readout_r.UTS02": 0.51}},
+                     "test_readout_r": 0.59, "transfer_readout_r.UTS02": 0.56, "transfer_baseline_readout_r.UTS02": 0.51,
+                     "transfer_r_25pct.UTS02": 0.40, "transfer_baseline_r_25pct.UTS02": 0.30}},
         {"subject": "UTS02", "params": {"lr": 0.02},
          "metrics": {"test_r": 0.58, "baseline_r": 0.52, "transfer_r.UTS01": 0.55, "transfer_baseline_r.UTS01": 0.50,
                      "test_readout_r": 0.57, "transfer_readout_r.UTS01": 0.54, "transfer_baseline_readout_r.UTS01": 0.49}},
@@ -113,6 +114,10 @@ def test_transfer_report_pairs_every_backbone_with_every_subject(tmp_path):
     assert "| pretrained | 0.490 | 0.510 |" in bottleneck.splitlines()
     assert "| UTS01 (tuned, trial transfer_00000) | 0.590 (+0.100) | 0.560 (+0.050) |" in bottleneck.splitlines()
     assert list(report.figures) == ["transfer_ridge.png", "transfer_bottleneck.png"]
+    # The data-efficiency curve of UTS01's backbone for UTS02 (transfer_fractions), 100% from the matrix.
+    efficiency = bottleneck.split("### Data efficiency")[1].split("\n\n")[2].splitlines()
+    assert efficiency[2:] == ["| UTS01 (trial transfer_00000) | UTS02 | 25% | 0.300 | 0.400 | +0.100 |",
+                              "| UTS01 (trial transfer_00000) | UTS02 | 100% | 0.520 | 0.570 | +0.050 |"]
 
 
 def test_report_command_rebuilds_a_report_into_the_parent_runs(tmp_path):

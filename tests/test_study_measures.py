@@ -30,7 +30,8 @@ def teacher_run(tiny_data, tmp_path_factory):
     glove = tmp_path_factory.mktemp("glove") / "vectors.txt"
     glove.write_text("".join(f"{word} {' '.join(f'{v:.4f}' for v in rng.normal(size=5))}\n" for word in sorted(words)))
     config = TrainConfig(readout_layer=3, lora_layers=[3], lora_rank=0, epochs=0, bottleneck=8, device="cpu",
-                         probes=["acoustic", "planted", "unchanged", f"semantic:{glove}"])
+                         probes=["acoustic", "planted", "unchanged", f"semantic:{glove}"],
+                         transfer_fractions=[0.34, 0.67, 1.0])
     trainer = Trainer(config, Dataset(tiny_data), "UTS01", tmp_path_factory.mktemp("teacher-run"))
     teacher = load_wavlm(str(tiny_data / "truth" / "teacher"))
     trainer.model.wavlm.encoder.layers[2].load_state_dict(teacher.encoder.layers[2].state_dict())
@@ -54,6 +55,11 @@ def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other
     # (measured 0.624 -> 0.704).
     assert r["tuned_readout"] - r["baseline_readout"] > 0.05
     assert set(result["tuned"].summary["roi_mean_r"]) == set(Dataset(tiny_data).roi_masks("UTS02"))
+    # Data efficiency (transfer_fractions): readouts on nested shares of UTS02's 6 training stories.
+    # The planted change helps at every share, and more stories help.
+    for share in ("@0.34", "@0.67", ""):
+        assert r[f"tuned{share}"] - r[f"baseline{share}"] > 0.05, share
+    assert r["tuned@0.34"] < r["tuned@0.67"] < r["tuned"]
 
 
 def test_probes_of_the_planted_change_rise_where_it_was_planted_and_nothing_else_moves(teacher_run):
@@ -132,3 +138,12 @@ def test_readouts_trained_side_by_side_equal_each_trained_alone_and_read_each_st
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     start = readout(0)
     assert any(not torch.equal(a, b) for a, b in zip(together["baseline"].parameters(), start.parameters()))
+
+
+
+def test_story_subsets_for_data_efficiency_are_nested_and_seeded():
+    subsets = studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5, 1.0], seed=0)
+    assert list(subsets) == [0.1, 0.25, 0.5] and [len(s) for s in subsets.values()] == [2, 3, 5]  # at least 2
+    assert set(subsets[0.1]) < set(subsets[0.25]) < set(subsets[0.5])
+    assert subsets == studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=0)
+    assert subsets != studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=1)

@@ -123,7 +123,7 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
     probes report built from MLflow at the end."""
     results, params = {}, {}
     fixed = {**FIXED, "lr": 3e-3, "lora_dropout": 0, "blocks_per_step": 2, "transfer_to": ["UTS01", "UTS02"],
-             "probes": ["acoustic", "planted"], "probe_layers": [3]}
+             "transfer_fractions": [0.5, 1.0], "probes": ["acoustic", "planted"], "probe_layers": [3]}
     for workers in (1, 2):
         storage = tmp_path / f"w{workers}"
         space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
@@ -143,6 +143,7 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
     for name, value in params[1].items():
         torch.testing.assert_close(params[2][name], value, atol=1e-5, rtol=1e-5, msg=name)
     for metric in ("baseline_r", "test_r", "test_r.AC", "best_val_r", "test_readout_r", "transfer_r.UTS02",
-                   "transfer_readout_r.UTS02", "transfer_baseline_r.UTS02", "probe_r.planted.L3",
+                   "transfer_readout_r.UTS02", "transfer_baseline_r.UTS02", "transfer_r_50pct.UTS02",
+                   "transfer_baseline_r_50pct.UTS02", "probe_r.planted.L3",
                    "probe_baseline_r.acoustic.L3"):
         assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-4), metric
