@@ -161,7 +161,7 @@ def prediction_r(prediction: np.ndarray | Callable[[slice], np.ndarray], dataset
     for block in _voxel_blocks(responses.shape[1], responses.shape[0], block_bytes):
         predicted = prediction[:, block] if whole else prediction(block)
         expected = (responses.shape[0], block.stop - block.start)
-        if predicted.shape != expected:
+        if not whole and predicted.shape != expected:
             raise ValueError(f"{subject}: a prediction of voxels {block.start}:{block.stop} of "
                              f"{', '.join(stories)} has shape {predicted.shape}, expected {expected}")
         r[block] = metrics.pearson_r(predicted, responses.block(block.start, block.stop))

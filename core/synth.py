@@ -198,14 +198,16 @@ def plant(model, spec: SynthSpec):
     """
     import copy
 
+    from .wavlm import layer_target_path
+
     teacher = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(spec.seed + 2)
     d = model.config.hidden_size
     with torch.no_grad():
         for layer in spec.planted_layers:
             block = teacher.encoder.layers[layer - 1]
-            attn = block.self_attn if hasattr(block, "self_attn") else block.attention  # Whisper's, or the others'
-            for proj in (getattr(attn, name) for name in spec.planted_projections):
+            for name in spec.planted_projections:
+                proj = block.get_submodule(layer_target_path(model.config, name))
                 u = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
                 v = torch.linalg.qr(torch.randn(d, spec.planted_rank, generator=gen))[0]
                 norm = torch.linalg.matrix_norm(proj.weight, ord=2)

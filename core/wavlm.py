@@ -38,9 +38,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import numpy as np
 from transformers import AutoConfig, WavLMConfig, WavLMModel
 
 from .errors import ConfigError
@@ -155,15 +155,19 @@ _TARGET_PATHS = {
 }
 
 
-def target_module_name(config, layer: int, target: str) -> str:
-    """Full module name of projection ``target`` (e.g. ``q_proj``, ``intermediate_dense``) of 1-based ``layer``.
+def layer_target_path(config, target: str) -> str:
+    """Path of projection ``target`` (e.g. ``q_proj``, ``intermediate_dense``) inside one transformer layer.
 
     The feed-forward projections keep WavLM's names in our settings: for Whisper,
     ``intermediate_dense`` is ``fc1`` and ``output_dense`` is ``fc2``.
     """
-    if is_whisper(config):
-        return f"layers.{layer - 1}.{_TARGET_PATHS['whisper'][target]}"
-    return f"encoder.layers.{layer - 1}.{_TARGET_PATHS['wav'][target]}"
+    return _TARGET_PATHS["whisper" if is_whisper(config) else "wav"][target]
+
+
+def target_module_name(config, layer: int, target: str) -> str:
+    """Full module name of projection ``target`` of 1-based ``layer`` in a loaded model (:func:`load_wavlm`)."""
+    prefix = "layers" if is_whisper(config) else "encoder.layers"
+    return f"{prefix}.{layer - 1}.{layer_target_path(config, target)}"
 
 
 @contextmanager

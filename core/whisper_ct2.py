@@ -133,10 +133,6 @@ def whisper_config(arrays: dict, folder: Path):
     )
 
 
-def _split_rows(array: np.ndarray, parts: int) -> list[np.ndarray]:
-    return np.split(array, parts, axis=0)
-
-
 def whisper_state_dict(arrays: dict) -> tuple[dict[str, np.ndarray], set[str]]:
     """transformers ``WhisperForConditionalGeneration`` weights from CTranslate2's arrays, and the arrays used."""
     out, used = {}, set()
@@ -155,8 +151,8 @@ def whisper_state_dict(arrays: dict) -> tuple[dict[str, np.ndarray], set[str]]:
 
     def fused(keys: list[str], name: str):
         """Stacked projections; transformers' k_proj has no bias, so its slice must be zero."""
-        for key, weight, bias in zip(keys, _split_rows(arrays[f"{name}/weight"], len(keys)),
-                                     _split_rows(arrays[f"{name}/bias"], len(keys))):
+        for key, weight, bias in zip(keys, np.split(arrays[f"{name}/weight"], len(keys)),
+                                     np.split(arrays[f"{name}/bias"], len(keys))):
             put(f"{key}.weight", f"{name}/weight", weight)
             if key.endswith("k_proj"):
                 if np.any(bias != 0):
