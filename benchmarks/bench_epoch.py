@@ -162,7 +162,8 @@ def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: 
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(story_duration(n_trs) * spec.sample_rate))).astype(np.float32)
     responses = rng.standard_normal((n_trs, n_voxels), dtype=np.float32)
-    story = model.prepare("benchstory", audio, tr_times(n_trs), responses)
+    story = model.prepare("benchstory", audio, tr_times(n_trs))
+    story.responses["bench"] = torch.as_tensor(responses, device=device)
     return model, optimizer, story, config
 
 
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             pred = network(story, start, stop)
-        loss = loss_fn(config.loss, pred, story.responses[start:stop], weights)
+        loss = loss_fn(config.loss, pred, story.responses["bench"][start:stop], weights)
         loss.backward()
         optimizer.step()
         model.norm.commit()

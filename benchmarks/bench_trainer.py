@@ -86,7 +86,7 @@ def bare_step(trainer, inp, start: int, stop: int) -> None:
             hidden = encode(model.wavlm, feats, layer)[layer][:, -model.spec.chunk_frames:].mean(1)
             x = model.norm(dense @ hidden.float())
             pred = model.readout(delay_features(x, delays))
-        loss = loss_fn(trainer.config.loss, pred, inp.responses[start:stop], trainer.loss_weights)
+        loss = loss_fn(trainer.config.loss, pred, inp.responses[trainer.subject][start:stop], trainer.loss_weights)
         loss.backward()
 
     return step

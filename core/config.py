@@ -81,6 +81,13 @@ probes             []                             word-level probe targets score
                                                   (core.probes): acoustic, semantic:<GloVe
                                                   file>, planted, unchanged (synthetic data)
 probe_layers       null                           layers probed; null = 1..readout_layer
+subjects           []                             several subjects, one backbone: the subjects
+                                                  whose responses train the shared adapters
+                                                  together with the run's own subject (listed
+                                                  or not); each gets its own readout
+subject_weights    {}                             subject -> weight of its loss in a step
+                                                  (default 1 each); 0 = it trains only its
+                                                  readout and does not choose the best epoch
 =================  =============================  ==========================================
 
 A config file is a YAML mapping of some of these settings; the rest keep their defaults.
@@ -189,6 +196,8 @@ class TrainConfig:
     transfer_fractions: list[float] = field(default_factory=lambda: [1.0])
     probes: list[str] = field(default_factory=list)
     probe_layers: list[int] | None = None
+    subjects: list[str] = field(default_factory=list)
+    subject_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         # YAML 1.1 reads the words on/off as booleans.
@@ -290,6 +299,8 @@ class TrainConfig:
         for name, value in self.to_dict().items():
             if name == "roi_weights":
                 params.update({f"roi_weight.{roi}": weight for roi, weight in value.items()})
+            elif name == "subject_weights":
+                params.update({f"subject_weight.{subject}": weight for subject, weight in value.items()})
             elif value is None:
                 params[name] = "none"
             elif isinstance(value, list):
@@ -398,6 +409,27 @@ class TrainConfig:
         if self.probe_layers is not None:
             require(len(self.probe_layers) >= 1 and _increasing_from_one(self.probe_layers), "probe_layers",
                     "is not sorted unique layers", "increasing layer numbers >= 1, or null")
+        require(all(subject.strip() for subject in self.subjects) and len(set(self.subjects)) == len(self.subjects),
+                "subjects", "has an empty name or repeats", "subject names, each at most once")
+        for subject, weight in self.subject_weights.items():
+            require(weight >= 0, "subject_weights", f"weight of {subject} is negative", "weights >= 0")
+
+    def training_subjects(self, subject: str) -> list[str]:
+        """The subjects whose responses train the backbone in a run for ``subject``: it first, then ``subjects``."""
+        return [subject, *(other for other in self.subjects if other != subject)]
+
+    def subject_weight_list(self, subject: str) -> list[float]:
+        """Loss weight of each of :meth:`training_subjects`; raises ConfigError for a weight of a subject not trained."""
+        subjects = self.training_subjects(subject)
+        unknown = [name for name in self.subject_weights if name not in subjects]
+        if unknown:
+            raise _error("subject_weights", f"{unknown[0]!r} is not a trained subject", self.subject_weights,
+                         f"keys among {', '.join(subjects)} (the run's subject and subjects)")
+        weights = [self.subject_weights.get(name, 1.0) for name in subjects]
+        if not max(weights) > 0:
+            raise _error("subject_weights", "has no positive weight", self.subject_weights,
+                         "at least one trained subject with a weight > 0")
+        return weights
 
     def check_against(self, *, n_layers: int, roi_names: list[str], story_trs: dict[str, int]) -> None:
         """Check the settings that depend on the model and the subject.
@@ -492,7 +524,7 @@ _DESCRIPTIONS = {
     float: "a number",
     str: "a string",
     list: "a list such as [1, 2] or the string '1,2'",
-    dict: "a mapping of ROI name to weight such as {AC: 1, rest: 0.25}",
+    dict: "a mapping of name to weight such as {AC: 1, rest: 0.25}",
 }
 
 

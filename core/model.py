@@ -193,7 +193,8 @@ class StoryInput:
         earlier TRs (kept on the CPU: it only holds indices and weights).
     cnn : tensor of shape (n_frames, conv_dim) or None, the story's frozen CNN output,
         computed on first use when the model caches it.
-    responses : tensor of shape (n_trs, n_outputs) or None, targets of the trained voxels.
+    responses : subject -> tensor of shape (n_trs, n_outputs), that subject's targets of its
+        trained voxels (filled by the trainer for training).
     tr_times : array of shape (n_trs,), the response rows' times on the audio clock.
     """
 
@@ -202,7 +203,7 @@ class StoryInput:
     padded: torch.Tensor
     lanczos: LanczosOperator
     cnn: torch.Tensor | None
-    responses: torch.Tensor | None
+    responses: dict[str, torch.Tensor]
     tr_times: np.ndarray
 
     @property
@@ -212,7 +213,7 @@ class StoryInput:
     @property
     def nbytes(self) -> int:
         """Bytes held by its tensors (audio, CNN output, targets)."""
-        return sum(t.numel() * t.element_size() for t in (self.padded, self.cnn, self.responses) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.padded, self.cnn, *self.responses.values()) if t is not None)
 
 
 class BrainModel(nn.Module):
@@ -227,10 +228,13 @@ class BrainModel(nn.Module):
     bottleneck : readout rank (0 = full linear map).
     n_outputs : number of predicted voxels.
     cnn_cache : run the frozen CNN once per story and slice it (exact for layer-norm CNNs).
+    norm_momentum : of the running normalisation.
+    cotrained : other subjects trained on the same backbone -> their number of predicted
+        voxels; each gets its own readout in ``cotrained`` (the run's subject has ``readout``).
     """
 
     def __init__(self, wavlm, readout_layers: list[int], spec: WindowSpec, delays, bottleneck: int,
-                 n_outputs: int, cnn_cache: bool, norm_momentum: float = 0.01):
+                 n_outputs: int, cnn_cache: bool, norm_momentum: float = 0.01, cotrained: dict[str, int] | None = None):
         super().__init__()
         self.wavlm = wavlm
         self.readout_layers = list(readout_layers)
@@ -241,18 +245,23 @@ class BrainModel(nn.Module):
         self.layer_logits = nn.Parameter(torch.zeros(len(readout_layers))) if len(readout_layers) > 1 else None
         self.norm = RunningNorm(hidden, norm_momentum)
         self.readout = Readout(len(self.delays) * hidden, n_outputs, bottleneck)
+        self.cotrained = nn.ModuleDict({subject: Readout(len(self.delays) * hidden, n, bottleneck)
+                                        for subject, n in (cotrained or {}).items()})
+
+    def readouts(self) -> list[Readout]:
+        """Every subject's readout: the run's subject's first, then the co-trained ones in order."""
+        return [self.readout, *self.cotrained.values()]
 
     @property
     def device(self) -> torch.device:
         return self.norm.mean.device
 
-    def prepare(self, name: str, audio: np.ndarray, tr_times: np.ndarray, responses: np.ndarray | None) -> StoryInput:
-        """Windows, padded audio, Lanczos operator, CNN cache and targets of one story."""
+    def prepare(self, name: str, audio: np.ndarray, tr_times: np.ndarray) -> StoryInput:
+        """Windows, padded audio and Lanczos operator of one story (no targets yet)."""
         windows = StoryWindows.for_audio(len(audio), self.spec)
         padded = torch.from_numpy(windows.pad(audio)).to(self.device)
         lanczos = LanczosOperator(windows.times, extended_tr_times(tr_times, max(self.delays)))
-        targets = None if responses is None else torch.as_tensor(responses, dtype=torch.float32, device=self.device)
-        return StoryInput(name, windows, padded, lanczos, None, targets, np.asarray(tr_times, dtype=np.float64))
+        return StoryInput(name, windows, padded, lanczos, None, {}, np.asarray(tr_times, dtype=np.float64))
 
     def mix_layers(self, vectors: dict[int, torch.Tensor]) -> torch.Tensor:
         """One vector per window from the read-out layer(s): (n_windows, hidden_size)."""
@@ -278,16 +287,18 @@ class BrainModel(nn.Module):
             self.norm.observe(x.detach().float())
         return delay_features(self.norm(x), self.delays)
 
-    def forward(self, story: StoryInput, start: int, stop: int) -> torch.Tensor:
+    def forward(self, story: StoryInput, start: int, stop: int, every_subject: bool = False):
         """Predicted responses of TRs ``start:stop`` of a story, (stop - start, n_outputs).
 
         Only the windows whose Lanczos weights reach those TRs (or the TRs their delays
-        read) are run through WavLM.
+        read) are run through WavLM. With ``every_subject``, a list of every subject's
+        prediction from the one backbone pass, in the order of :meth:`readouts`.
         """
         rows = slice(start, stop)
         ids = story.lanczos.windows_for(slice(start, stop + max(self.delays)))
         vectors = self.window_features(story, ids)
-        return self.readout(self.head(vectors, story, rows, ids))
+        x = self.head(vectors, story, rows, ids)
+        return [readout(x) for readout in self.readouts()] if every_subject else self.readout(x)
 
     @torch.no_grad()
     def all_window_features(self, story: StoryInput, batch_windows: int = 64) -> torch.Tensor:

@@ -109,7 +109,7 @@ def transfer(trainer, subjects: list[str]) -> dict[str, dict[str, Evaluation]]:
         results[subject] = {}
         by_model = {name: {} for name in vectors}
         for story in (*split.train, *split.test):  # each story's audio read once for both models
-            inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story), None)
+            inp = trainer.model.prepare(story, dataset.audio(story), dataset.tr_times(subject, story))
             for name, by_story in vectors.items():
                 by_model[name][story] = trainer.model.ridge_features(inp, by_story[story])
         readouts = {}

@@ -25,6 +25,15 @@ history and the baseline and best test evaluations. A run started again on the s
 ``OUT`` with the same settings resumes from ``last.pt`` and gives the same numbers as an
 uninterrupted run (on CPU); where it runs (``device``) is not part of a run's identity.
 
+Several subjects, one backbone (``subjects``): every trained subject gets its own readout
+(and its own voxels and ROI weighting) on the shared adapters. A training step's blocks
+come from the union of the subjects' training stories; each block runs the backbone once
+and every subject with responses to that story adds its loss, weighted by
+``subject_weights`` (the same audio, different responses). Each epoch fits each subject's
+ridge on the same features; the best epoch is the one with the best ``subject_weights``-
+weighted mean of the subjects' validation r. ``baseline`` and ``tuned`` are the run's own
+subject's; the others' are under ``cotrained`` in the summary.
+
 Data parallelism (:mod:`core.distributed`): inside a ``torch.distributed`` process group
 (as Ray Train sets up) the model is wrapped in ``DistributedDataParallel``; each worker
 takes its share of every step's blocks, and the step's normalisation statistics are
@@ -40,6 +49,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +57,7 @@ import torch
 
 from . import probes
 from .config import TrainConfig
-from .dataset import Dataset
+from .dataset import Dataset, Split
 from .distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
 from .errors import ConfigError
 from .evaluation import Evaluation, prediction_r, ridge_evaluation, score_prediction
@@ -60,7 +70,7 @@ from .wavlm import load_wavlm
 
 __all__ = ["Trainer", "epoch_blocks", "improves", "resolve_device", "seed_everything"]
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 #: Prepared story inputs (audio, frozen CNN output, targets) kept between uses, in bytes.
 INPUT_CACHE_BYTES = 2**30
@@ -103,8 +113,30 @@ def weighted_mean_r(r: np.ndarray, weights: np.ndarray) -> float:
     return float((weights[ok] * r[ok]).sum() / weights[ok].sum()) if ok.any() else float("nan")
 
 
+@dataclass
+class Member:
+    """One subject trained by a run: its split, voxels and weights.
+
+    Attributes
+    ----------
+    name : the subject.
+    weight : its loss weight in a step (``subject_weights``), and its weight in the best-epoch choice.
+    split : its train / validation / test stories.
+    roi_masks : ROI name -> bool array of shape (n_voxels,).
+    voxel_weights : array of shape (n_voxels,), the ROI weighting (0 = not predicted).
+    outputs : int array, the voxels its readout predicts.
+    """
+
+    name: str
+    weight: float
+    split: Split
+    roi_masks: dict[str, np.ndarray]
+    voxel_weights: np.ndarray
+    outputs: np.ndarray
+
+
 class Trainer:
-    """Fine-tune WavLM on one subject's responses.
+    """Fine-tune WavLM on one subject's responses (or several subjects', on one backbone).
 
     Parameters
     ----------
@@ -134,18 +166,19 @@ class Trainer:
             raise ConfigError(f"blocks_per_step: {self.blocks_per_step} blocks cannot be shared by "
                               f"{self.world} workers (expected a multiple of {self.world})")
 
-        dataset.validate(subject)
-        self.split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
-        self.stories = [*self.split.train, *self.split.val, *self.split.test]
-        self.story_trs = {s: dataset.n_trs(subject, s) for s in self.stories}
-        self.roi_masks = dataset.roi_masks(subject)
+        self.members = self._members(config, dataset, subject)
+        me = self.members[0]
+        self.split, self.roi_masks, self.weights, self.outputs = me.split, me.roi_masks, me.voxel_weights, me.outputs
+        # Training stories: every trained subject's; each held-out story once.
+        self.train_stories = sorted({s for m in self.members for s in m.split.train})
+        held_out = [s for m in self.members for s in (*m.split.val, *m.split.test)]
+        self.stories = [*self.train_stories, *dict.fromkeys(held_out)]
+        self.story_trs = self._story_trs()
         for other in config.transfer_to:
             dataset.validate(other)
         probes.check(config.probes, dataset)
         config.check_against(n_layers=self._n_layers(), roi_names=list(self.roi_masks),
-                             story_trs={s: self.story_trs[s] for s in self.split.train})
-        self.weights = voxel_weights(config.roi_weights, self.roi_masks, dataset.nan_voxels(subject))
-        self.outputs = np.flatnonzero(self.weights > 0)  # voxels the readout predicts
+                             story_trs={s: self.story_trs[s] for s in self.train_stories})
 
         seed_everything(config.seed)
         self.spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
@@ -155,19 +188,56 @@ class Trainer:
                           config.lora_alpha, config.lora_dropout)
         layers = config.readout_layers or [config.readout_layer]
         self.model = BrainModel(net, layers, self.spec, config.delays, config.bottleneck, len(self.outputs),
-                                self.cnn_cache, config.norm_momentum).to(self.device)
-        head = list(self.model.readout.parameters()) + ([self.model.layer_logits] if self.model.layer_logits is not None else [])
+                                self.cnn_cache, config.norm_momentum,
+                                cotrained={m.name: len(m.outputs) for m in self.members[1:]}).to(self.device)
+        head = [p for readout in self.model.readouts() for p in readout.parameters()]
+        head += [self.model.layer_logits] if self.model.layer_logits is not None else []
         groups = [{"params": head, "lr": config.readout_lr, "name": "readout"}]
         if trainable:
             groups.insert(0, {"params": trainable, "lr": config.lr, "name": "backbone"})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        self.loss_weights = torch.as_tensor(self.weights[self.outputs], device=self.device)
+        self.member_loss_weights = [torch.as_tensor(m.voxel_weights[m.outputs], device=self.device) for m in self.members]
+        self.loss_weights = self.member_loss_weights[0]
         self.history: list[dict] = []
         self.best = {"epoch": 0, "val_r": -np.inf}
         self.epoch = 0
-        self.evaluations: dict[str, Evaluation] = {}  # "baseline" and the best epoch's "tuned" (rank 0)
+        # "baseline" and the best epoch's "tuned" (rank 0); "baseline.<S>", "tuned.<S>" of co-trained subjects.
+        self.evaluations: dict[str, Evaluation] = {}
         self._inputs: dict[str, StoryInput] = {}  # least recently used first
         self._parallel = None
+
+    @property
+    def subjects(self) -> list[str]:
+        """The trained subjects, the run's own first."""
+        return [m.name for m in self.members]
+
+    @staticmethod
+    def _members(config: TrainConfig, dataset: Dataset, subject: str) -> list[Member]:
+        members = []
+        for name, weight in zip(config.training_subjects(subject), config.subject_weight_list(subject)):
+            dataset.validate(name)
+            masks = dataset.roi_masks(name)
+            try:
+                weights = voxel_weights(config.roi_weights, masks, dataset.nan_voxels(name))
+            except ConfigError as error:
+                raise ConfigError(f"{name}: {error}") from None
+            members.append(Member(name, weight, dataset.split(name, test=config.test_stories, val=config.val_stories),
+                                  masks, weights, np.flatnonzero(weights > 0)))
+        return members
+
+    def _story_trs(self) -> dict[str, int]:
+        """TRs of every story; co-trained subjects must agree on each story they share (one backbone pass serves all)."""
+        trs, first = {}, {}
+        for m in self.members:
+            for story in (*m.split.train, *m.split.val, *m.split.test):
+                n = self.dataset.n_trs(m.name, story)
+                if story in trs and trs[story] != n:
+                    raise ConfigError(f"subjects: story {story!r} has {trs[story]} TRs for {first[story]} and {n} for "
+                                      f"{m.name}; subjects trained together need the same TRs of each shared story")
+                trs.setdefault(story, n)
+                first.setdefault(story, m.name)
+        self._story_subject = first  # whose TR times a story's input uses (the same for all, checked)
+        return trs
 
     def _n_layers(self) -> int:
         from .wavlm import checkpoint_config
@@ -177,7 +247,7 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------
 
     def story_input(self, story: str, targets: bool = True) -> StoryInput:
-        """The story's prepared input, with this subject's targets (for training) if asked.
+        """The story's prepared input, with the trained subjects' targets (for training) if asked.
 
         Prepared inputs (audio, frozen CNN output, targets) are kept, the most recently used
         first, up to ``INPUT_CACHE_BYTES``: a small dataset is prepared once per run, and
@@ -185,10 +255,13 @@ class Trainer:
         """
         inp = self._inputs.pop(story, None)
         if inp is None:
-            inp = self.model.prepare(story, self.dataset.audio(story), self.dataset.tr_times(self.subject, story), None)
-        if targets and inp.responses is None:
-            responses = self.dataset.responses(self.subject, story, voxels=self.outputs)
-            inp.responses = torch.as_tensor(responses, dtype=torch.float32, device=self.device)
+            inp = self.model.prepare(story, self.dataset.audio(story),
+                                     self.dataset.tr_times(self._story_subject[story], story))
+        if targets and not inp.responses:
+            for m in self.members:
+                if story in m.split.train:
+                    responses = self.dataset.responses(m.name, story, voxels=m.outputs)
+                    inp.responses[m.name] = torch.as_tensor(responses, dtype=torch.float32, device=self.device)
         self._inputs[story] = inp
         held = sum(kept.nbytes for kept in self._inputs.values())
         while len(self._inputs) > 1 and held > INPUT_CACHE_BYTES:
@@ -234,49 +307,65 @@ class Trainer:
         self.progress(f"epoch {epoch}: features of {len(self.stories)} stories")
         return gather_to_first(self.window_vectors(mine, extractor))
 
-    def _evaluate_epoch(self, epoch: int, vectors: dict[str, torch.Tensor]) -> tuple[dict, Evaluation]:
-        """Rank 0: the ridge protocol on this epoch's features, and the own readout's validation r.
+    def _evaluate_epoch(self, epoch: int, vectors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, Evaluation]]:
+        """Rank 0: the ridge protocol on this epoch's features for each trained subject, and the own readout's validation r.
 
         At epoch 0 it first sets the normalisation statistics and (``readout_init: ridge``)
-        the readout from the ridge map. Returns the epoch's validation record and the
+        each readout from its subject's ridge map. Returns the epoch's validation record
+        (``val_r``: the subjects' validation r, mean weighted by ``subject_weights``;
+        ``val_roi_r`` and ``val_readout_r``: the run's own subject's) and each subject's
         test evaluation.
         """
         features = {s: self.model.ridge_features(self.story_input(s, targets=False), vectors[s]) for s in self.stories}
         if epoch == 0:
             own_rows = [self.story_input(s, targets=False).lanczos(vectors[s].to(self.device))[max(self.config.delays):]
-                        for s in self.split.train]
+                        for s in self.train_stories]
             self.model.norm.set_stats(torch.cat(own_rows))
-        fit, scored = ridge_evaluation(features, self.dataset, self.subject, self.split.train,
-                                       {"val": self.split.val, "test": self.split.test},
-                                       seed=self.config.seed, backend=self.config.ridge_backend, progress=self.progress)
-        if epoch == 0 and self.config.readout_init == "ridge":
-            self.model.readout.set_linear(*ridge_as_linear(fit, self.outputs))
-        del fit
-        record = {"val_r": float("nan"), "val_roi_r": {}, "val_readout_r": float("nan")}
-        if "val" in scored:
-            record.update(val_r=weighted_mean_r(scored["val"].r, self.weights), val_roi_r=scored["val"].summary["roi_mean_r"])
+        record = {"val_r": float("nan"), "val_roi_r": {}, "val_readout_r": float("nan"), "val_r_by_subject": {}}
+        tests = {}
+        for m, readout in zip(self.members, self.model.readouts()):
+            fit, scored = ridge_evaluation(features, self.dataset, m.name, m.split.train,
+                                           {"val": m.split.val, "test": m.split.test}, seed=self.config.seed,
+                                           backend=self.config.ridge_backend, progress=self.progress)
+            if epoch == 0 and self.config.readout_init == "ridge":
+                readout.set_linear(*ridge_as_linear(fit, m.outputs))
+            del fit
+            tests[m.name] = scored["test"]
+            if "val" in scored:
+                record["val_r_by_subject"][m.name] = weighted_mean_r(scored["val"].r, m.voxel_weights)
+                if m is self.members[0]:
+                    record["val_roi_r"] = scored["val"].summary["roi_mean_r"]
+        if self.split.val:
+            record["val_r"] = self._joint_val_r(record["val_r_by_subject"])
             r = prediction_r(self._readout_prediction(self.split.val, vectors), self.dataset, self.subject, self.split.val)
             record["val_readout_r"] = weighted_mean_r(r, self.weights)
-        return record, scored["test"]
+        return record, tests
+
+    def _joint_val_r(self, by_subject: dict[str, float]) -> float:
+        """The subjects' validation r, mean weighted by their ``subject_weights`` (those of weight 0 left out)."""
+        pairs = [(m.weight, by_subject.get(m.name, np.nan)) for m in self.members if m.weight > 0]
+        if len(pairs) == 1:
+            return pairs[0][1]
+        return float(sum(w * r for w, r in pairs) / sum(w for w, _ in pairs))
 
     def _run_epoch(self, epoch: int, train_loss: float, started: float) -> None:
         """Evaluate the epoch (rank 0), share its record, checkpoint it and report it."""
         vectors = self._epoch_vectors(epoch)
-        record = test = None
+        record = tests = None
         if self.rank == 0:
-            val, test = self._evaluate_epoch(epoch, vectors)
+            val, tests = self._evaluate_epoch(epoch, vectors)
             record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(time.time() - started, 2)}
         del vectors
         record = broadcast(record)
         self.history.append(record)
         self.epoch = epoch
-        if epoch == 0 and test is not None:
-            self.evaluations["baseline"] = test
+        if epoch == 0 and tests is not None:
+            self.evaluations.update(self._named("baseline", tests))
         # Without validation stories the last epoch is the best one.
         if improves(epoch, record["val_r"], self.best["val_r"]) or not self.split.val:
             self.best = {"epoch": epoch, "val_r": record["val_r"]}
-            if test is not None:
-                self.evaluations["tuned"] = test
+            if tests is not None:
+                self.evaluations.update(self._named("tuned", tests))
             self._save(self.out / "checkpoints" / "best.pt")
         self._save(self.out / "checkpoints" / "last.pt")
         barrier()
@@ -284,6 +373,10 @@ class Trainer:
                       + (" (best)" if self.best["epoch"] == epoch else ""))
         if self.on_epoch is not None:
             self.on_epoch(dict(record, best_epoch=self.best["epoch"], best_val_r=self.best["val_r"]))
+
+    def _named(self, what: str, by_subject: dict[str, Evaluation]) -> dict[str, Evaluation]:
+        """``what`` for the run's subject, ``what.<S>`` for a co-trained one."""
+        return {what if subject == self.subject else f"{what}.{subject}": result for subject, result in by_subject.items()}
 
     # -- training -----------------------------------------------------------------------
 
@@ -297,14 +390,16 @@ class Trainer:
             # DDP starts every worker from rank 0's parameters (epoch 0 set the readout there);
             # the normalisation statistics too, once: after that each step averages them.
             broadcast_([self.model.norm.mean, self.model.norm.var])
+            # A co-trained subject's readout gets no gradient from a story it has no responses to.
+            partial = any(len(m.split.train) < len(self.train_stories) for m in self.members)
             self._parallel = DistributedDataParallel(self.model, broadcast_buffers=False,
-                                                     find_unused_parameters=self.config.layerdrop > 0)
+                                                     find_unused_parameters=self.config.layerdrop > 0 or partial)
         return self._parallel
 
     def _train_epoch(self, epoch: int) -> float:
         network = self._network()
         self.model.train()
-        blocks = epoch_blocks({s: self.story_trs[s] for s in self.split.train}, self.config.block_trs,
+        blocks = epoch_blocks({s: self.story_trs[s] for s in self.train_stories}, self.config.block_trs,
                               self.config.seed, epoch)
         per_step, share = self.blocks_per_step, self.blocks_per_step // self.world
         n_steps = len(blocks) // per_step  # every worker takes the same number of steps
@@ -322,17 +417,26 @@ class Trainer:
         return float(mean)
 
     def train_blocks(self, blocks: list[tuple[StoryInput, int, int]], network=None) -> float:
-        """One optimiser step on this worker's blocks (story input, first TR, stop TR); returns their mean loss."""
+        """One optimiser step on this worker's blocks (story input, first TR, stop TR); returns their mean loss.
+
+        With several subjects a block's loss is ``sum_s w_s loss_s / sum_s w_s`` over the
+        subjects with responses to its story (``w``: ``subject_weights``; the sum below
+        over every trained subject), from one backbone pass.
+        """
         network = network if network is not None else self.model
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        several = len(self.members) > 1
+        weight_sum = sum(m.weight for m in self.members)
         for i, (inp, start, stop) in enumerate(blocks):
             # DDP averages gradients over workers on the last block's backward only.
             last = i == len(blocks) - 1
             with (nullcontext() if last or self.world == 1 else network.no_sync()):
                 with self._autocast():
-                    pred = network(inp, start, stop)
-                loss = loss_fn(self.config.loss, pred, inp.responses[start:stop], self.loss_weights) / len(blocks)
+                    preds = network(inp, start, stop, every_subject=True) if several else [network(inp, start, stop)]
+                loss = sum(m.weight * loss_fn(self.config.loss, pred, inp.responses[m.name][start:stop], w)
+                           for m, pred, w in zip(self.members, preds, self.member_loss_weights)
+                           if m.name in inp.responses) / (weight_sum * len(blocks))
                 loss.backward()
             total += loss.item()
         self.optimizer.step()
@@ -405,7 +509,7 @@ class Trainer:
         vectors = self.window_vectors(self.split.test)
         readout = score_prediction(self._readout_prediction(self.split.test, vectors), self.dataset, self.subject,
                                    self.split.test, self.roi_masks)
-        transfer = studies.transfer(self, [s for s in self.config.transfer_to if s != self.subject])
+        transfer = studies.transfer(self, [s for s in self.config.transfer_to if s not in self.subjects])
         probed = studies.probe(self) if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
         self.results = {"baseline": self.evaluations["baseline"], "tuned": self.evaluations["tuned"],
@@ -414,6 +518,9 @@ class Trainer:
             "transfer": {other: {name: result.summary for name, result in pair.items()} for other, pair in transfer.items()},
             "probes": probed,
             "subject": self.subject,
+            "subjects": self.subjects,
+            "cotrained": {m.name: {what: self.evaluations[f"{what}.{m.name}"].summary for what in ("baseline", "tuned")}
+                          for m in self.members[1:]},
             "best_epoch": self.best["epoch"],
             "best_val_r": self.best["val_r"],
             "baseline": self.results["baseline"].summary,

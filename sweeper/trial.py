@@ -21,7 +21,10 @@ features of the training stories, scored on the validation stories
   with ``transfer_fractions`` below 1, ``transfer_r_<P>pct.S`` and ``transfer_baseline_r_<P>pct.S``
   (ridge readouts fitted on P% of S's training stories); with
   ``probes``, ``probe_r.<family>.L<layer>`` (tuned) and ``probe_baseline_r.<family>.L<layer>``
-  (pretrained): held-out r of word-level probes (:mod:`core.probes`).
+  (pretrained): held-out r of word-level probes (:mod:`core.probes`); with ``subjects``
+  (several subjects trained on one backbone), for each other trained subject S
+  ``cotrained_test_r.S`` and ``cotrained_baseline_r.S``, each per ROI too, and per epoch
+  ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean).
 
 A one-worker trial runs the trainer in the trial's own process (no Train start-up); more
 workers run it data-parallel under Ray Train (gloo on CPU, nccl on GPU). The trial's
@@ -87,6 +90,8 @@ class EpochReports:
                 "val_readout_r": record.get("val_readout_r", float("nan")), "epoch_seconds": record["seconds"],
                 "best_epoch": record["best_epoch"]}
         flat.update({f"val_r.{roi}": v for roi, v in record["val_roi_r"].items()})
+        if len(record.get("val_r_by_subject", {})) > 1:
+            flat.update({f"val_r_subject.{s}": v for s, v in record["val_r_by_subject"].items()})
         self.by_epoch[record["epoch"]] = flat
         return _finite({**flat, **self.best(record["best_epoch"], record["best_val_r"])})
 
@@ -117,6 +122,9 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
                 model, fraction = name.split("@")
                 which = "transfer_r" if model == "tuned" else "transfer_baseline_r"
                 metrics.update(_flat(f"{which}_{float(fraction) * 100:g}pct.{other}", result))
+    for other, pair in summary.get("cotrained", {}).items():
+        metrics.update(_flat(f"cotrained_test_r.{other}", pair["tuned"]))
+        metrics.update(_flat(f"cotrained_baseline_r.{other}", pair["baseline"]))
     for family, layers in summary.get("probes", {}).items():
         for layer, pair in layers.items():
             metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]
