@@ -85,15 +85,17 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     for _ in range(samples if spec.params else 1):
         trial = study.ask()
         config = train_config(spec.fixed, space(trial)["settings"])
-        unknown = [s for s in config.transfer_to if s not in dataset.subjects]
-        if unknown:
-            raise ConfigError(f"{spec.source}: transfer_to: no subject {', '.join(unknown)} in {data} "
-                              f"(available: {', '.join(dataset.subjects)})")
+        for setting in ("transfer_to", "subjects"):
+            unknown = [s for s in getattr(config, setting) if s not in dataset.subjects]
+            if unknown:
+                raise ConfigError(f"{spec.source}: {setting}: no subject {', '.join(unknown)} in {data} "
+                                  f"(available: {', '.join(dataset.subjects)})")
         probes.check(config.probes, dataset)
         model = config.model or str(data / "pretrained")
         for subject, (rois, trs) in info.items():
             try:
                 config.check_against(n_layers=n_layers(model), roi_names=rois, story_trs=trs)
+                config.subject_weight_list(subject)
             except ConfigError as err:
                 searched = f" with model {model}" if "model" in {p.setting for p in spec.params} else ""
                 raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}{searched}: {err}") from None

@@ -58,7 +58,7 @@ from ray.tune.experiment import Trial
 logger = logging.getLogger(__name__)
 
 METRIC_PREFIXES = ("val_", "train_", "test_", "baseline_", "tuned_", "best_val_", "best_epoch", "gain_", "loop_",
-                   "epoch_", "transfer_", "probe_")
+                   "epoch_", "transfer_", "probe_", "cotrained_")
 # Final metrics of the best trial that are copied onto its subject's parent run.
 BEST_PREFIXES = ("test_", "baseline_")
 TRIAL_ARTIFACTS = ("summary.json", "config.yaml", "voxel_r.hf5")

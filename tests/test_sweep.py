@@ -147,3 +147,28 @@ def test_two_worker_trial_matches_one_worker_trial(small_data, tmp_path):
                    "transfer_baseline_r_50pct.UTS02", "probe_r.planted.L3",
                    "probe_baseline_r.acoustic.L3"):
         assert results[1][metric] == pytest.approx(results[2][metric], abs=1e-4), metric
+
+
+def test_which_subjects_train_the_backbone_is_searched(small_data, tmp_path):
+    """``subjects`` as a searched choice: UTS01 alone, or UTS01 and UTS02 on one backbone.
+
+    The joint trial records UTS02's own scores next to UTS01's, and each epoch's validation
+    r of both subjects, whose mean is the objective's ``val_r``."""
+    storage, log = tmp_path / "sweep", tmp_path / "log"
+    space = _space(tmp_path, small_data, subjects=["UTS01"], fixed={**FIXED, "epochs": 1, "lr": 3e-3},
+                   search={"subjects": {"choice": [[], ["UTS02"]]}}, points_to_evaluate=[{"subjects": []}, {"subjects": ["UTS02"]}],
+                   budget={"trials": 2, "concurrency": 1})
+    _finish(_launch(["--config", str(space), "--storage", str(storage)], log), log, 600)
+    client, runs = _runs(storage)
+    children = {r.data.params["subjects"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"[]", "UTS02"}
+    alone, joint = children["[]"].data.metrics, children["UTS02"].data.metrics
+    assert not any(k.startswith("cotrained_") for k in alone)
+    assert {"cotrained_test_r.UTS02", "cotrained_baseline_r.UTS02", "cotrained_test_r.UTS02.planted"} <= set(joint)
+    # Epoch 0 is the pretrained model for both trials: the same UTS01 baseline.
+    assert joint["baseline_r"] == pytest.approx(alone["baseline_r"], rel=1e-6)
+    history = {name: {m.step: m.value for m in client.get_metric_history(children["UTS02"].info.run_id, name)}
+               for name in ("val_r", "val_r_subject.UTS01", "val_r_subject.UTS02")}
+    for epoch in (0, 1):
+        assert history["val_r"][epoch] == pytest.approx(
+            (history["val_r_subject.UTS01"][epoch] + history["val_r_subject.UTS02"][epoch]) / 2, rel=1e-6)
