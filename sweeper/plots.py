@@ -209,3 +209,35 @@ def probe_lines(scores: dict[str, dict[int, tuple[float, float]]], *, title: str
     axes.legend(loc="best", fontsize=8, frameon=False, ncols=2)
     axes.spines[["top", "right"]].set_visible(False)
     return figure
+
+
+def data_efficiency_lines(curves: dict[str, dict[str, dict[float, tuple[float, float]]]], *, title: str) -> Figure:
+    """Test r of a new subject's readout against the share of its training stories, one panel per new subject.
+
+    Parameters
+    ----------
+    curves : new subject -> backbone label -> percent of its stories -> (pretrained r, tuned r).
+        The pretrained line (grey, dashed) is the same for every backbone; each tuned backbone
+        is a solid line.
+    title : the figure title.
+    """
+    figure = Figure(figsize=(4.2 * len(curves) + 1.0, 4.4), layout="constrained")
+    colors = matplotlib.colormaps["tab10"].colors
+    for i, (target, backbones) in enumerate(curves.items()):
+        axes = figure.add_subplot(1, len(curves), i + 1)
+        pretrained = {}
+        for (label, curve), color in zip(backbones.items(), colors):
+            xs = list(curve)
+            pretrained.update({x: curve[x][0] for x in xs})
+            axes.plot(xs, [curve[x][1] for x in xs], linestyle="-", marker="s", color=color, label=f"tuned on {label}")
+        xs = sorted(pretrained)
+        axes.plot(xs, [pretrained[x] for x in xs], linestyle="--", marker="o", color="0.5", label="pretrained")
+        axes.set_xticks(xs)
+        axes.set_xticklabels([f"{x:g}%" for x in xs])
+        axes.set_xlabel(f"share of {target}'s training stories")
+        axes.set_ylabel("test r")
+        axes.set_title(f"readout for {target}")
+        axes.legend(loc="lower right", fontsize=8, frameon=False)
+        axes.spines[["top", "right"]].set_visible(False)
+    figure.suptitle(title)
+    return figure

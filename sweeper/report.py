@@ -358,19 +358,33 @@ def transfer_report(sweep: Sweep) -> Report:
              "are predicted by a new readout on that backbone's features (test stories). The diagonal is each "
              "subject's own tuned model; the first row the pretrained model. Cells: mean test r and the change "
              "from the pretrained model.", ""]
-    if len(best) < 2:
-        return Report("\n".join(lines + ["Fewer than two subjects have a finished trial.", ""]))
-    targets = list(best)
     figures = {}
-    for readout, own, prefix in (("ridge", "test_r", "transfer"), ("bottleneck", "test_readout_r", "transfer_readout")):
-        table, figure = _transfer_matrix(best, targets, readout, own, prefix)
-        lines += table
-        if figure is not None:
-            name = f"transfer_{readout}.png"
-            figures[name] = figure
-            lines += [f"![transfer, {readout} readout]({name})", ""]
-    lines += _data_efficiency(best)
+    if len(best) < 2:
+        lines += ["Fewer than two subjects have a finished trial.", ""]
+    else:
+        targets = list(best)
+        for readout, own, prefix in (("ridge", "test_r", "transfer"), ("bottleneck", "test_readout_r", "transfer_readout")):
+            table, figure = _transfer_matrix(best, targets, readout, own, prefix)
+            lines += table
+            if figure is not None:
+                name = f"transfer_{readout}.png"
+                figures[name] = figure
+                lines += [f"![transfer, {readout} readout]({name})", ""]
+    efficiency, figure = _data_efficiency(sweep)
+    lines += efficiency
+    if figure is not None:
+        figures["data_efficiency.png"] = figure
+        lines += ["![data efficiency](data_efficiency.png)", ""]
     return Report("\n".join(lines), figures)
+
+
+def trained_on(subject: str):
+    """``params -> label`` for ``subject``'s trials: the subjects whose responses trained the backbone,
+    ``UTS01`` or ``UTS01+UTS02`` (``subjects``)."""
+    def label(params: dict[str, str]) -> str:
+        others = [s for s in params.get("subjects", "[]").split(",") if s not in ("[]", "", "none", subject)]
+        return "+".join([subject, *others])
+    return label
 
 
 _FRACTION = re.compile(r"^transfer_r_([0-9.]+)pct\.([^.]+)$")
@@ -391,20 +405,32 @@ def data_efficiency(trial: TrialRun) -> dict[str, dict[float, tuple[float, float
     return {target: dict(sorted(curve.items())) for target, curve in sorted(out.items())}
 
 
-def _data_efficiency(best: dict[str, TrialRun]) -> list[str]:
-    """Per source -> target pair: test r of a new ridge readout fitted on a share of the target's stories."""
-    lines = []
-    for source, trial in best.items():
-        for target, curve in data_efficiency(trial).items():
-            if not lines:
-                lines = ["### Data efficiency", "",
-                         "A new subject's ridge readout fitted on a share of its training stories (nested subsets), "
-                         "on the tuned backbone and on the pretrained one; test r. `transfer_fractions` sets the shares.",
-                         "", "| backbone | readout for | stories | pretrained | tuned | change |", "|---|---|---|---|---|---|"]
-            for percent, (pretrained, tuned) in curve.items():
-                lines.append(f"| {source} (trial {trial.trial_id}) | {target} | {percent:g}% | {_f(pretrained)} | "
-                             f"{_f(tuned)} | {_f(tuned - pretrained, sign=True)} |")
-    return lines + [""] if lines else []
+def _data_efficiency(sweep: Sweep) -> tuple[list[str], object]:
+    """Per backbone -> target pair: test r of a new ridge readout fitted on a share of the target's stories.
+
+    A backbone is named by the subjects that trained it (:func:`trained_on`): with
+    ``subjects`` searched, each set of training subjects gets its best trial, so backbones
+    tuned on 1 and on N subjects are compared on the same new subject.
+    """
+    lines, curves = [], {}
+    for subject in sweep.parents:
+        trials = [t for t in sweep.finished(subject) if data_efficiency(t)]
+        for label, trial in _best_per_label(trials, trained_on(subject), sweep).items():
+            for target, curve in data_efficiency(trial).items():
+                if not lines:
+                    lines = ["### Data efficiency", "",
+                             "A new subject's ridge readout fitted on a share of its training stories (nested subsets), "
+                             "on the tuned backbone and on the pretrained one; test r. `transfer_fractions` sets the "
+                             "shares. A backbone is named by the subjects whose responses trained it.",
+                             "", "| backbone | readout for | stories | pretrained | tuned | change |",
+                             "|---|---|---|---|---|---|"]
+                for percent, (pretrained, tuned) in curve.items():
+                    lines.append(f"| {label} (trial {trial.trial_id}) | {target} | {percent:g}% | {_f(pretrained)} | "
+                                 f"{_f(tuned)} | {_f(tuned - pretrained, sign=True)} |")
+                curves.setdefault(target, {})[label] = curve
+    if not lines:
+        return [], None
+    return lines + [""], plots.data_efficiency_lines(curves, title="A new subject's readout from a share of its stories")
 
 
 def _transfer_matrix(best: dict[str, TrialRun], targets: list[str], readout: str, own: str, prefix: str):

@@ -113,11 +113,35 @@ def test_transfer_report_pairs_every_backbone_with_every_subject(tmp_path):
     assert "| UTS02 (tuned, trial transfer_00001) | 0.550 (+0.050) | 0.580 (+0.060) |" in ridge.splitlines()
     assert "| pretrained | 0.490 | 0.510 |" in bottleneck.splitlines()
     assert "| UTS01 (tuned, trial transfer_00000) | 0.590 (+0.100) | 0.560 (+0.050) |" in bottleneck.splitlines()
-    assert list(report.figures) == ["transfer_ridge.png", "transfer_bottleneck.png"]
+    assert list(report.figures) == ["transfer_ridge.png", "transfer_bottleneck.png", "data_efficiency.png"]
     # The data-efficiency curve of UTS01's backbone for UTS02 (transfer_fractions), 100% from the matrix.
     efficiency = bottleneck.split("### Data efficiency")[1].split("\n\n")[2].splitlines()
     assert efficiency[2:] == ["| UTS01 (trial transfer_00000) | UTS02 | 25% | 0.300 | 0.400 | +0.100 |",
                               "| UTS01 (trial transfer_00000) | UTS02 | 100% | 0.520 | 0.570 | +0.050 |"]
+
+
+def test_data_efficiency_compares_backbones_tuned_on_one_and_on_two_subjects(tmp_path):
+    """With ``subjects`` searched, each set of training subjects is its own backbone in the curve."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    curve = {"alone": (0.40, 0.50), "joint": (0.42, 0.55)}
+    record(uri, "eff", "transfer", [
+        {"subject": "UTS01", "params": {"subjects": subjects},
+         "metrics": {"test_r": 0.6, "baseline_r": 0.5, "best_val_r": val, "transfer_r.UTS03": r100,
+                     "transfer_baseline_r.UTS03": 0.52, "transfer_r_25pct.UTS03": r25,
+                     "transfer_baseline_r_25pct.UTS03": 0.30}}
+        for subjects, val, (r25, r100) in (("[]", 0.5, curve["alone"]), ("UTS02", 0.6, curve["joint"]),
+                                            ("UTS02", 0.4, (0.0, 0.0)))])  # a worse joint trial: not shown
+
+    report = build(load_sweep(MlflowClient(uri), "eff"))
+
+    rows = [line for line in report.markdown.splitlines() if "| UTS03 |" in line]
+    assert rows == ["| UTS01 (trial eff_00000) | UTS03 | 25% | 0.300 | 0.400 | +0.100 |",
+                    "| UTS01 (trial eff_00000) | UTS03 | 100% | 0.520 | 0.500 | -0.020 |",
+                    "| UTS01+UTS02 (trial eff_00001) | UTS03 | 25% | 0.300 | 0.420 | +0.120 |",
+                    "| UTS01+UTS02 (trial eff_00001) | UTS03 | 100% | 0.520 | 0.550 | +0.030 |"]
+    axes = report.figures["data_efficiency.png"].axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert lines == {"tuned on UTS01": [0.40, 0.50], "tuned on UTS01+UTS02": [0.42, 0.55], "pretrained": [0.30, 0.52]}
 
 
 def test_report_command_rebuilds_a_report_into_the_parent_runs(tmp_path):
