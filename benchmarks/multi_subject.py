@@ -1,13 +1,16 @@
 """Several subjects on one backbone vs one: gap closed on the planted voxels, and data efficiency for a new subject.
 
-On a planted-teacher dataset (``core.synth``, the default sweep's ``demo`` size with a
-third subject) every subject's responses come from one teacher, so each subject is more
-evidence about the same planted change. Three ``core.trainer.Trainer`` runs with the
-default sweep's fixed settings (search_spaces/demo.yaml), LoRA on the planted layer:
+On a planted-teacher dataset (``core.synth`` size ``multi``: the default sweep's ``demo``
+with a third subject) every subject's responses come from one teacher, so each subject is more
+evidence about the same planted change. Four ``core.trainer.Trainer`` runs with the
+fixed settings of search_spaces/multi_subject.yaml (the demo's, LoRA on the planted layer,
+4 epochs):
 
 - ``UTS01`` alone and ``UTS02`` alone;
 - ``UTS01+UTS02``: one backbone, one readout each (``subjects: [UTS02]`` on UTS01's run),
-  the same stories per subject as alone.
+  the same stories per subject as alone; each step has both subjects' losses on one block;
+- ``UTS01+UTS02 interleaved``: the same with one step per subject on each block, in turn
+  (``subject_steps: interleaved``: twice the steps).
 
 For each trained subject, on its planted voxels: frozen ridge (epoch 0), tuned ridge (the
 best epoch's refit), the teacher's ridge (the truth) and the share of the gap closed.
@@ -29,23 +32,24 @@ import json
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
 
-DEMO = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "multi_subject.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "multi_subject_cpu.json"
-RUNS = {"UTS01": ("UTS01", []), "UTS02": ("UTS02", []), "UTS01+UTS02": ("UTS01", ["UTS02"])}
+RUNS = {"UTS01": ("UTS01", ["subjects=[]"]), "UTS02": ("UTS02", ["subjects=[]"]),
+        "UTS01+UTS02": ("UTS01", ["subjects=[UTS02]"]),
+        "UTS01+UTS02 interleaved": ("UTS01", ["subjects=[UTS02]", "subject_steps=interleaved"])}
 NEW_SUBJECT = "UTS03"
 FRACTIONS = [0.1, 0.25, 0.5, 1.0]
 
 
 def settings(overrides: list[str]) -> list[str]:
-    fixed = yaml.safe_load(DEMO.read_text())["fixed"]
-    return [f"{k}={json.dumps(v)}" for k, v in fixed.items()] + ["lora_layers=[3]", f"transfer_to=[{NEW_SUBJECT}]",
-                                                                 f"transfer_fractions={FRACTIONS}", *overrides]
+    """The sweep's fixed settings (search_spaces/multi_subject.yaml), then ``overrides``."""
+    fixed = yaml.safe_load(SPACE.read_text())["fixed"]
+    return [f"{k}={json.dumps(v)}" for k, v in fixed.items()] + list(overrides)
 
 
 def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
@@ -58,8 +62,8 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
 
     quiet_libraries()
     torch.set_num_threads(1)
-    subject, others = RUNS[name]
-    config = TrainConfig.load(None, [*settings(overrides), f"subjects={others}"])
+    subject, changes = RUNS[name]
+    config = TrainConfig.load(None, settings([*changes, *overrides]))
     folder = Path(out) / name
     shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
@@ -82,8 +86,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
-    spec = replace(SIZES["demo"], subjects=("UTS01", "UTS02", NEW_SUBJECT))
-    data = generate(Path(args.out) / "data", spec, progress=lambda m: None)
+    data = generate(Path(args.out) / "data", SIZES["multi"], progress=lambda m: None)
     started = time.time()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {name: pool.submit(one_run, name, str(data), args.out, args.set) for name in RUNS}
@@ -96,19 +99,19 @@ def main(argv=None) -> None:
         for subject, r in run["planted"].items():
             r["teacher"] = teacher[subject]
             r["gap_closed"] = (r["tuned"] - r["baseline"]) / (teacher[subject] - r["baseline"])
-            print(f"  {name:<12} {subject}: {r['baseline']:.3f} -> {r['tuned']:.3f} ({teacher[subject]:.3f}): "
+            print(f"  {name:<24} {subject}: {r['baseline']:.3f} -> {r['tuned']:.3f} ({teacher[subject]:.3f}): "
                   f"{r['gap_closed']:.0%}  (best epoch {run['best_epoch']}, {run['seconds']:.0f} s)")
     print(f"new subject {NEW_SUBJECT}, ridge readout from a share of its training stories: planted-voxel r, "
           "pretrained / tuned backbone")
-    print(f"  {'backbone tuned on':<18}" + "".join(f"{f:>16.0%}" for f in FRACTIONS))
+    print(f"  {'backbone tuned on':<24}" + "".join(f"{f:>16.0%}" for f in FRACTIONS))
     for name, run in runs.items():
         cells = []
         for f in FRACTIONS:
             suffix = "" if f == 1 else f"@{f:g}"
             cells.append(f"{run['new_subject']['baseline' + suffix]['planted']:.3f} / "
                          f"{run['new_subject']['tuned' + suffix]['planted']:.3f}")
-        print(f"  {name:<18}" + "".join(f"{c:>16}" for c in cells))
-    Path(args.results).write_text(json.dumps({"data": "core.synth demo size with subjects UTS01-UTS03",
+        print(f"  {name:<24}" + "".join(f"{c:>16}" for c in cells))
+    Path(args.results).write_text(json.dumps({"data": "core.synth size multi (the demo with UTS03)",
                                               "settings": settings(args.set), "runs": runs}, indent=1) + "\n")
     print(f"wrote {args.results}")
 

@@ -88,6 +88,11 @@ subjects           []                             several subjects, one backbone
 subject_weights    {}                             subject -> weight of its loss in a step
                                                   (default 1 each); 0 = it trains only its
                                                   readout and does not choose the best epoch
+subject_steps      joint                          several subjects: joint (one step per block,
+                                                  every subject's loss from one backbone pass)
+                                                  or interleaved (one step per subject on the
+                                                  same block, in turn: S times the steps and
+                                                  backbone passes)
 =================  =============================  ==========================================
 
 A config file is a YAML mapping of some of these settings; the rest keep their defaults.
@@ -141,6 +146,7 @@ LOSSES = ("spatial", "temporal", "mse")
 READOUT_INITS = ("ridge", "random")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
+SUBJECT_STEPS = ("joint", "interleaved")
 RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
 # Word-level probe target families (core.probes), and the prefix of the semantic one.
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
@@ -198,6 +204,7 @@ class TrainConfig:
     probe_layers: list[int] | None = None
     subjects: list[str] = field(default_factory=list)
     subject_weights: dict[str, float] = field(default_factory=dict)
+    subject_steps: str = "joint"
 
     def __post_init__(self):
         # YAML 1.1 reads the words on/off as booleans.
@@ -413,6 +420,7 @@ class TrainConfig:
                 "subjects", "has an empty name or repeats", "subject names, each at most once")
         for subject, weight in self.subject_weights.items():
             require(weight >= 0, "subject_weights", f"weight of {subject} is negative", "weights >= 0")
+        require(self.subject_steps in SUBJECT_STEPS, "subject_steps", "is not a known choice", " or ".join(SUBJECT_STEPS))
 
     def training_subjects(self, subject: str) -> list[str]:
         """The subjects whose responses train the backbone in a run for ``subject``: it first, then ``subjects``."""

@@ -155,6 +155,9 @@ SIZES = {
     # 420 TRs are not (docs/planted_recovery.md).
     "recovery": SynthSpec(n_train_stories=20, train_trs=100),
 }
+# The demo with a third subject (search_spaces/multi_subject.yaml): tune on one or two
+# subjects, then fit readouts for the held-out third one.
+SIZES["multi"] = replace(SIZES["demo"], subjects=("UTS01", "UTS02", "UTS03"))
 
 
 def wavlm_config(spec: SynthSpec):

@@ -391,7 +391,8 @@ class Trainer:
             # the normalisation statistics too, once: after that each step averages them.
             broadcast_([self.model.norm.mean, self.model.norm.var])
             # A co-trained subject's readout gets no gradient from a story it has no responses to.
-            partial = any(len(m.split.train) < len(self.train_stories) for m in self.members)
+            partial = any(len(m.split.train) < len(self.train_stories) for m in self.members) or (
+                len(self.members) > 1 and self.config.subject_steps == "interleaved")
             self._parallel = DistributedDataParallel(self.model, broadcast_buffers=False,
                                                      find_unused_parameters=self.config.layerdrop > 0 or partial)
         return self._parallel
@@ -401,12 +402,16 @@ class Trainer:
         self.model.train()
         blocks = epoch_blocks({s: self.story_trs[s] for s in self.train_stories}, self.config.block_trs,
                               self.config.seed, epoch)
+        if len(self.members) > 1 and self.config.subject_steps == "interleaved":
+            # One step per subject on the same block, in turn (subjects of weight 0 take none).
+            blocks = [(story, start, stop, m.name) for story, start, stop in blocks for m in self.members
+                      if m.weight > 0 and story in m.split.train]
         per_step, share = self.blocks_per_step, self.blocks_per_step // self.world
         n_steps = len(blocks) // per_step  # every worker takes the same number of steps
         losses = []
         for step in range(n_steps):
             first = step * per_step + self.rank * share
-            mine = [(self.story_input(story), start, stop) for story, start, stop in blocks[first:first + share]]
+            mine = [(self.story_input(story), *rest) for story, *rest in blocks[first:first + share]]
             losses.append(self.train_blocks(mine, network))
             if (step + 1) % max(1, n_steps // 4) == 0:
                 self.progress(f"epoch {epoch} step {step + 1}/{n_steps} loss {np.mean(losses[-10:]):.4f}")
@@ -416,27 +421,30 @@ class Trainer:
         all_reduce_mean([mean])
         return float(mean)
 
-    def train_blocks(self, blocks: list[tuple[StoryInput, int, int]], network=None) -> float:
-        """One optimiser step on this worker's blocks (story input, first TR, stop TR); returns their mean loss.
+    def train_blocks(self, blocks: list[tuple], network=None) -> float:
+        """One optimiser step on this worker's blocks (story input, first TR, stop TR[, subject]); returns their mean loss.
 
         With several subjects a block's loss is ``sum_s w_s loss_s / sum_s w_s`` over the
         subjects with responses to its story (``w``: ``subject_weights``; the sum below
-        over every trained subject), from one backbone pass.
+        over every trained subject), from one backbone pass; a block that names a subject
+        (``subject_steps: interleaved``) has that subject's loss only, times ``w_s / mean(w)``.
         """
         network = network if network is not None else self.model
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         several = len(self.members) > 1
         weight_sum = sum(m.weight for m in self.members)
-        for i, (inp, start, stop) in enumerate(blocks):
+        for i, (inp, start, stop, *subject) in enumerate(blocks):
             # DDP averages gradients over workers on the last block's backward only.
             last = i == len(blocks) - 1
             with (nullcontext() if last or self.world == 1 else network.no_sync()):
                 with self._autocast():
                     preds = network(inp, start, stop, every_subject=True) if several else [network(inp, start, stop)]
-                loss = sum(m.weight * loss_fn(self.config.loss, pred, inp.responses[m.name][start:stop], w)
-                           for m, pred, w in zip(self.members, preds, self.member_loss_weights)
-                           if m.name in inp.responses) / (weight_sum * len(blocks))
+                terms = [(m.weight, loss_fn(self.config.loss, pred, inp.responses[m.name][start:stop], w))
+                         for m, pred, w in zip(self.members, preds, self.member_loss_weights)
+                         if m.name in inp.responses and (not subject or m.name == subject[0])]
+                scale = weight_sum / len(self.members) if subject else weight_sum
+                loss = sum(weight * term for weight, term in terms) / (scale * len(blocks))
                 loss.backward()
             total += loss.item()
         self.optimizer.step()

@@ -53,6 +53,21 @@ def test_a_joint_step_adds_each_subjects_weighted_gradient(small_data, tmp_path)
         torch.testing.assert_close(g[f"cotrained.UTS02.{name}"], 3 * g2[f"readout.{name}"] / 4, rtol=1e-4, atol=1e-7)
 
 
+def test_an_interleaved_step_is_one_subjects_step_on_the_shared_backbone(small_data, tmp_path):
+    """``subject_steps: interleaved``: a block that names a subject trains on its loss alone, times w_s / mean(w)."""
+    joint = _after_epoch_0(small_data, tmp_path / "joint", "UTS01", subjects=["UTS02"], subject_steps="interleaved",
+                           subject_weights={"UTS01": 1.0, "UTS02": 3.0})
+    alone = _after_epoch_0(small_data, tmp_path / "alone", "UTS02")
+    story = joint.train_stories[0]
+    joint.train_blocks([(joint.story_input(story), 0, 10, "UTS02")])
+    g = {name: p.grad for name, p in joint.model.named_parameters() if p.grad is not None}
+    g2 = _step_grads(alone, story)
+    assert not any(name.startswith("readout.") for name in g)  # UTS01's readout took no part
+    for name in [n for n in g2 if "lora_" in n]:
+        torch.testing.assert_close(g[name], 1.5 * g2[name], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(g["cotrained.UTS02.up.weight"], 1.5 * g2["readout.up.weight"], rtol=1e-4, atol=1e-7)
+
+
 def test_two_subjects_train_one_backbone_and_each_is_scored(small_data, tmp_path):
     summary = Trainer(TrainConfig(**FAST, subjects=["UTS02"]), Dataset(small_data), "UTS01", tmp_path / "joint").fit()
     alone = Trainer(TrainConfig(**FAST), Dataset(small_data), "UTS02", tmp_path / "alone").fit()
