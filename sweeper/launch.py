@@ -258,10 +258,16 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
         settings = ", ".join(f"{k}={v}" for k, v in best.config["settings"].items())
         lines.append(f"{subject}: best trial {m.get('trial_id', '')} ({metric} {m[metric]:.3f}; {len(done)} finished): {settings}")
         rois = ["all"] + sorted(k.split(".", 1)[1] for k in m if k.startswith("test_r.") )
-        lines.append(f"  {'':<10}" + "".join(f"{r:>9}" for r in rois))
-        for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r")):
+        # Subjects trained on the same backbone (subjects:) after the trial's own.
+        cotrained = sorted(k.split(".", 1)[1] for k in m if k.startswith("cotrained_test_r.") and k.count(".") == 1)
+        rows = [("baseline", "baseline_r"), ("tuned", "test_r")]
+        rows += [(f"{other} {label}", f"cotrained_{prefix}.{other}") for other in cotrained
+                 for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r"))]
+        width = max(len(label) for label, _ in rows) + 2
+        lines.append(f"  {'':<{width}}" + "".join(f"{r:>9}" for r in rois))
+        for label, prefix in rows:
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
-            lines.append(f"  {label:<10}" + "".join(f"{v:>9.3f}" for v in values))
+            lines.append(f"  {label:<{width}}" + "".join(f"{v:>9.3f}" for v in values))
         if truth is not None and "test_r.planted" in m:
             frozen, tuned = m["baseline_r.planted"], m["test_r.planted"]
             teacher = teacher_ridge(data, subject, train_config(spec.fixed, best.config["settings"]).to_dict())

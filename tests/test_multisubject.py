@@ -95,3 +95,22 @@ def test_a_weight_for_a_subject_not_trained_is_one_clear_error(small_data, tmp_p
         TrainConfig(subjects=["UTS02", "UTS02"])
     assert TrainConfig(subjects="UTS01,UTS02").training_subjects("UTS02") == ["UTS02", "UTS01"]
     assert np.isclose(sum(TrainConfig(subjects=["UTS02"]).subject_weight_list("UTS01")), 2.0)
+
+
+def test_the_sweep_summary_shows_the_cotrained_subjects_scores():
+    from types import SimpleNamespace
+
+    from sweeper.launch import summarize
+    from sweeper.space import parse_spec
+
+    spec = parse_spec({"name": "t", "data": "x", "search": {"subjects": {"choice": [[], ["UTS02"]]}}}, "t.yaml")
+    metrics = {"done_training": 1, "best_val_r": 0.5, "test_r": 0.61, "baseline_r": 0.6, "test_r.AC": 0.71,
+               "baseline_r.AC": 0.7, "cotrained_test_r.UTS02": 0.52, "cotrained_baseline_r.UTS02": 0.5,
+               "cotrained_test_r.UTS02.AC": 0.42, "cotrained_baseline_r.UTS02.AC": 0.4}
+    result = SimpleNamespace(config={"subject": "UTS01", "settings": {"subjects": ["UTS02"]}}, metrics=metrics)
+    lines = summarize([result], spec, ["UTS01"]).splitlines()
+    assert lines[1:] == [" " * 24 + "all       AC",
+                         "  baseline            0.600    0.700",
+                         "  tuned               0.610    0.710",
+                         "  UTS02 baseline      0.500    0.400",
+                         "  UTS02 tuned         0.520    0.420"]
