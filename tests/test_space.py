@@ -145,7 +145,7 @@ def test_launch_checks_study_settings_before_ray(tiny_data, tmp_path, capsys):
     space.write_text(yaml.safe_dump({"data": str(tiny_data), "fixed": {"readout_layer": 3,
                                                                        "probes": [f"semantic:{tmp_path}/no.txt"]}}))
     assert run(launch_main, ["--config", str(space), "--dry-run"]) == 2
-    assert "word-vector file not found" in capsys.readouterr().err
+    assert "no word-vector file, folder or installed package" in capsys.readouterr().err
 
 
 def test_backbones_searched_together_each_with_its_own_layers(tiny_data, tmp_path, capsys):

@@ -95,7 +95,7 @@ def test_word_rows_take_the_windows_ending_in_each_word():
 def test_bad_probe_settings_and_files_are_named(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match="probes: 'phonemes' is not a target family"):
         TrainConfig(probes=["phonemes"])
-    with pytest.raises(DataError, match="word-vector file not found"):
+    with pytest.raises(DataError, match="no word-vector file, folder or installed package"):
         probes.check([f"semantic:{tmp_path / 'none.txt'}"], Dataset(tiny_data))
     bad = tmp_path / "bad.txt"
     bad.write_text("the 0.1 0.2\nof 0.3\n")

