@@ -87,8 +87,11 @@ def speak(texts: list[str], out, *, progress=lambda message: None) -> list[Path]
     for line in done.stdout.splitlines():
         kind, i, label, start, end = (line.split("\t") + [""] * 5)[:5]
         if kind in ("W", "P") and i.isdigit():
-            label = "" if label == PAUSE else label
-            tiers[int(i)]["word" if kind == "W" else "phone"].append(Interval(float(start), float(end), label))
+            tier = tiers[int(i)]["word" if kind == "W" else "phone"]
+            start, end = float(start), float(end)
+            # A token Festival gives no sound of its own (e.g. a split-off "'s") has no time: left out.
+            if end > start and (not tier or start >= tier[-1].end - 1e-6):
+                tier.append(Interval(start, end, "" if label == PAUSE else label))
     for i, wav in enumerate(wavs):
         if not wav.exists() or not tiers[i]["word"]:
             raise DataError(f"festival: no speech for sentence {i} ({texts[i][:60]!r})")
