@@ -397,15 +397,16 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: 
              progress=print) -> Path:
     """Write a planted-teacher dataset to ``out`` (see the module docstring).
 
-    Reuses an existing dataset made from the same spec; a different one is an error
-    unless ``force``. The dataset is built in a temporary folder beside ``out`` and moved
+    Reuses an existing dataset made from the same spec (unless ``force``: the spec names
+    the ``pretrained`` and ``speech`` folders, not what they hold); a different one is an
+    error unless ``force``. The dataset is built in a temporary folder beside ``out`` and moved
     into place at the end, so an interrupted run leaves nothing half-written.
     """
     out = Path(out)
     spec_json = json.dumps(asdict(spec), sort_keys=True)
     truth_file = out / "truth" / "truth.json"
     if out.exists():
-        if truth_file.exists() and json.loads(truth_file.read_text()).get("spec") == json.loads(spec_json):
+        if not force and truth_file.exists() and json.loads(truth_file.read_text()).get("spec") == json.loads(spec_json):
             progress(f"synthetic dataset already at {out}")
             return out
         if not force:
@@ -583,7 +584,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrained", default="",
                         help="a checkpoint folder as the pretrained model (default: the size's small random WavLM)")
     parser.add_argument("--speech", default="", help="a folder of 16-kHz wav clips as the sound (default: speech-like)")
-    parser.add_argument("--force", action="store_true", help="replace an existing folder")
+    parser.add_argument("--force", action="store_true", help="make it again, replacing an existing folder")
     args = parser.parse_args(argv)
     try:
         spec = replace(SIZES[args.size], seed=args.seed,
