@@ -23,6 +23,8 @@ trainer      the training loop, its per-epoch evaluation, checkpoints, data para
 studies      cross-subject transfer and word-level probes of a tuned model
 distributed  the collectives the trainer needs inside a torch.distributed process group
 synth        the planted-teacher synthetic dataset
+tts          prose spoken by Festival into clips with word times (real speech for synth)
+whisper_ct2  a CTranslate2 Whisper converted to a transformers checkpoint
 baseline     frozen-feature ridge baseline (``python -m core.baseline``)
 train        one training run (``python -m core.train``)
 """
@@ -47,7 +49,7 @@ _EXPORTS = {
     "Trainer": "trainer",
     "transfer": "studies", "probe": "studies",
     "run_baseline": "baseline",
-    "SynthSpec": "synth", "generate": "synth",
+    "SynthSpec": "synth", "generate": "synth", "speak": "tts",
     "BrainsweepError": "errors", "ConfigError": "errors", "DataError": "errors",
 }
 
