@@ -30,10 +30,10 @@ Several subjects, one backbone (``subjects``): every trained subject gets its ow
 come from the union of the subjects' training stories; each block runs the backbone once
 and every subject with responses to that story adds its loss, weighted by
 ``subject_weights`` (the same audio, different responses); or, with ``subject_steps:
-interleaved``, each subject takes its own step on the block in turn. Each epoch fits each subject's
-ridge on the same features; the best epoch is the one with the best ``subject_weights``-
-weighted mean of the subjects' validation r. ``baseline`` and ``tuned`` are the run's own
-subject's; the others' are under ``cotrained`` in the summary.
+interleaved``, each subject takes its own step on the block in turn. Each epoch fits each
+subject's ridge on the same features; the best epoch is the one with the best
+``subject_weights``-weighted mean of the subjects' validation r. ``baseline`` and
+``tuned`` are the run's own subject's; the others' are under ``cotrained`` in the summary.
 
 Data parallelism (:mod:`core.distributed`): inside a ``torch.distributed`` process group
 (as Ray Train sets up) the model is wrapped in ``DistributedDataParallel``; each worker
