@@ -269,10 +269,14 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
             lines.append(f"  {label:<{width}}" + "".join(f"{v:>9.3f}" for v in values))
         if truth is not None and "test_r.planted" in m:
-            frozen, tuned = m["baseline_r.planted"], m["test_r.planted"]
-            teacher = teacher_ridge(data, subject, train_config(spec.fixed, best.config["settings"]).to_dict())
-            lines.append(f"  planted voxels: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
-                         f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
+            config = train_config(spec.fixed, best.config["settings"]).to_dict()
+            for who, base, test in [(subject, "baseline_r", "test_r"),
+                                    *((o, f"cotrained_baseline_r.{o}", f"cotrained_test_r.{o}") for o in cotrained)]:
+                frozen, tuned = m.get(f"{base}.planted", float("nan")), m.get(f"{test}.planted", float("nan"))
+                teacher = teacher_ridge(data, who, config)
+                label = "planted voxels" if who == subject else f"{who} (trained with {subject}) planted voxels"
+                lines.append(f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
+                             f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
             order = ", ".join(f"{train_config(spec.fixed, r.config['settings']).lora_layer_list()} "
                               f"{r.metrics.get(metric, float('nan')):.3f}" for r in ranked)
             lines.append(f"  LoRA layers ranked by {metric}: {order}; planted: {truth['spec']['planted_layers']}")
