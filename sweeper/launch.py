@@ -259,7 +259,8 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
         lines.append(f"{subject}: best trial {m.get('trial_id', '')} ({metric} {m[metric]:.3f}; {len(done)} finished): {settings}")
         rois = ["all"] + sorted(k.split(".", 1)[1] for k in m if k.startswith("test_r.") )
         # Subjects trained on the same backbone (subjects:) after the trial's own.
-        cotrained = sorted(k.split(".", 1)[1] for k in m if k.startswith("cotrained_test_r.") and k.count(".") == 1)
+        cotrained = sorted(k.split(".", 1)[1] for k in m if k.startswith("cotrained_test_r.") and k.count(".") == 1
+                           and not k.endswith("_ceiling_fraction"))
         rows = [("baseline", "baseline_r"), ("tuned", "test_r")]
         rows += [(f"{other} {label}", f"cotrained_{prefix}.{other}") for other in cotrained
                  for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r"))]

@@ -106,7 +106,8 @@ def test_the_sweep_summary_shows_the_cotrained_subjects_scores():
     spec = parse_spec({"name": "t", "data": "x", "search": {"subjects": {"choice": [[], ["UTS02"]]}}}, "t.yaml")
     metrics = {"done_training": 1, "best_val_r": 0.5, "test_r": 0.61, "baseline_r": 0.6, "test_r.AC": 0.71,
                "baseline_r.AC": 0.7, "cotrained_test_r.UTS02": 0.52, "cotrained_baseline_r.UTS02": 0.5,
-               "cotrained_test_r.UTS02.AC": 0.42, "cotrained_baseline_r.UTS02.AC": 0.4}
+               "cotrained_test_r.UTS02.AC": 0.42, "cotrained_baseline_r.UTS02.AC": 0.4,
+               "cotrained_test_r.UTS02_ceiling_fraction": 0.8}
     result = SimpleNamespace(config={"subject": "UTS01", "settings": {"subjects": ["UTS02"]}}, metrics=metrics)
     lines = summarize([result], spec, ["UTS01"]).splitlines()
     assert lines[1:] == [" " * 24 + "all       AC",
