@@ -56,40 +56,38 @@ def _runs(storage: Path, experiment: str = "t"):
 
 def test_default_command_records_parent_and_child_runs_in_mlflow(tmp_path):
     """The README's main job, `python -m sweeper.launch` on its built-in default (demo.yaml:
-    the demo synthetic data, made under data/ on first use), checked through MLflow, and its
-    closing summary on the planted voxels against the truth."""
+    the demo synthetic data, made under data/ on first use; one backbone tuned on both
+    subjects), checked through MLflow, and its closing summary on the planted voxels of
+    each subject against the truth."""
     storage = tmp_path / "sweep"
     log = tmp_path / "log"
     proc = _launch(["--storage", str(storage)], log)
     _finish(proc, log, 600)
     out = log.read_text()
-    assert "UTS01: best trial" in out and "UTS02: best trial" in out and "mlflow ui --backend-store-uri" in out
-    assert out.count("planted voxels: frozen ridge") == 2 and out.count("; planted: [3]") == 2
+    assert "UTS01: best trial" in out and "  UTS02 tuned " in out and "mlflow ui --backend-store-uri" in out
+    assert out.count("planted voxels: frozen ridge") == 2 and "UTS02 (trained with UTS01) planted voxels" in out
+    assert out.count("; planted: [3]") == 1
     client, runs = _runs(storage, "demo")
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.data.params["subject"] for r in parents) == ["UTS01", "UTS02"]
-    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in runs)
-    complete = [c for c in children if c.data.tags["stopped_early"] == "false"]
+    assert [r.data.params["subject"] for r in parents] == ["UTS01"]
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in runs)
     for child in children:
-        assert child.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
-        assert {"lora_rank", "lora_layers", "lr", "readout_layer", "subject"} <= set(child.data.params)
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"lora_rank", "lora_layers", "lr", "readout_layer", "subject", "subjects"} <= set(child.data.params)
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_r"))
-        assert steps == ([0, 1, 2] if child in complete else [0, 1])
-    for child in complete:
+        assert steps == [0, 1, 2, 3, 4] and child.data.tags["stopped_early"] == "false"
         metrics = child.data.metrics
         assert {"test_r", "baseline_r", "test_r.AC", "baseline_r.AC", "test_r.planted", "baseline_r.planted",
-                "best_val_r"} <= set(metrics)
+                "best_val_r", "cotrained_test_r.UTS02.planted", "cotrained_baseline_r.UTS02.planted",
+                "val_r_subject.UTS02"} <= set(metrics)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"voxel_r.hf5", "summary.json", "config.yaml", "roi_r.png", "voxel_r_hist.png"} <= artifacts
-    for parent in parents:
-        best = [c for c in children if c.data.tags.get("best_trial") == "true"
-                and c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-        assert len(best) == 1 and best[0] in complete
-        # The sweep's report (demo.yaml: the table of every sweep) in every parent run.
-        assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/report.md"}
+    assert len([c for c in children if c.data.tags.get("best_trial") == "true"]) == 1
+    # The sweep's report (demo.yaml: the table of every sweep) in the parent run.
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {"report/report.md"}
     report = (storage / "report" / "report.md").read_text()
-    assert report.startswith("# Sweep `demo`") and report.count("(best)") == 2
+    assert report.startswith("# Sweep `demo`") and report.count("(best)") == 1
 
 
 def test_asha_with_more_trials_than_slots_finishes_and_frees_workers(small_data, tmp_path):
