@@ -19,7 +19,9 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
 
 Runs are found by these tags before any is created, so a resumed sweep (same trial ids)
 continues its runs instead of duplicating them. No run is left RUNNING after the sweep:
-an interrupted sweep leaves its unfinished runs KILLED, and resuming sets them RUNNING.
+an interrupted sweep leaves its unfinished runs KILLED, and resuming sets them RUNNING; a
+trial the driver started just before it died, which Tune never saved and so does not
+resume, is closed KILLED with the tag ``lost=true``.
 
 A tracking outage never reaches Tune: every group of MLflow calls (a "step") goes through
 :meth:`MLflowTracker._track`, which queues the step when MLflow is unreachable and sends
@@ -285,6 +287,13 @@ class MLflowTracker(Callback):
         for trial in unfinished:
             if trial.trial_id in self._children:  # started in this session (steps run in order)
                 self.client.set_terminated(self._children[trial.trial_id], "KILLED")
+        # A trial the driver started just before it died, before Tune saved its state, is
+        # not resumed (Tune does not know it): its run is closed, not left RUNNING.
+        known = {trial.trial_id for trial in trials}
+        for run in self._search(_tags_filter({"mlflow.parentRunId": self._parent(subject)})):
+            if run.info.status == "RUNNING" and run.data.tags.get("trial_id") not in known:
+                self.client.set_tag(run.info.run_id, "lost", "true")
+                self.client.set_terminated(run.info.run_id, "KILLED")
         metric = self.sweep["objective"]["metric"]
         finished = [
             trial for trial in trials

@@ -439,6 +439,11 @@ def test_killed_driver_resumes_and_what_mlflow_missed_is_synced_from_the_sweep_f
     client = MlflowClient(mlflow_server.url)
     parents, children = _runs(client, "resumed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # A trial the killed driver had just started, before Tune saved it, is not resumed
+    # (whether there is one depends on when the kill lands): its run is closed, not RUNNING.
+    lost = [child for child in children if child.data.tags.get("lost") == "true"]
+    assert all(child.info.status == "KILLED" for child in lost)
+    children = [child for child in children if child not in lost]
     assert sorted(child.data.tags["trial_id"] for child in children) == sorted(
         path.parent.name for path in storage.glob("trials/UTS01/*/summary.json"))
     for child in children:

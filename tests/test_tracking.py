@@ -222,3 +222,27 @@ def test_queued_calls_are_sent_in_order_when_the_store_comes_back_and_unfinished
     parents, children = runs_by_role(client, "test-sweep")
     assert children[0].info.status == "KILLED"
     assert {run.data.params["subject"]: run.info.status for run in parents} == {"UTS01": "KILLED", "UTS02": "FINISHED"}
+
+
+def test_a_trial_the_killed_driver_started_but_tune_never_saved_is_closed_on_resume(tmp_path):
+    """The driver dies right after starting a trial, before Tune saved its state: the resumed
+    sweep does not know that trial, so its run must not stay RUNNING for ever."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done, lost = (Trial("fake_training", config={"subject": "UTS01", "params": {"lr": lr}}, trial_id=f"abc_{i:05d}",
+                        stub=True) for i, lr in enumerate(LRS[:2]))
+    first = make_tracker(tmp_path, uri)  # the driver that dies: no on_experiment_end
+    first.setup()
+    for trial in (done, lost):
+        first.on_trial_start(0, [trial], trial)
+    first.on_trial_result(0, [done], done, {"epoch": 1, "val_r": 0.5, "done_training": 1, "test_r": 0.4})
+    done.update_last_result({"epoch": 1, "val_r": 0.5, "done_training": 1, "test_r": 0.4})
+    done.set_status(Trial.TERMINATED)
+    first.on_trial_complete(0, [done], done)
+
+    resumed = make_tracker(tmp_path, uri)  # knows only the trial Tune saved
+    resumed.setup()
+    resumed.on_experiment_end([done])
+    client = MlflowClient(uri)
+    _, children = runs_by_role(client, "test-sweep")
+    status = {run.data.tags["trial_id"]: (run.info.status, run.data.tags.get("lost")) for run in children}
+    assert status == {"abc_00000": ("FINISHED", None), "abc_00001": ("KILLED", "true")}
