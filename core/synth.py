@@ -405,12 +405,11 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SIZES["tiny"], *, force: 
     out = Path(out)
     spec_json = json.dumps(asdict(spec), sort_keys=True)
     truth_file = out / "truth" / "truth.json"
-    if out.exists():
-        if not force and truth_file.exists() and json.loads(truth_file.read_text()).get("spec") == json.loads(spec_json):
+    if out.exists() and not force:
+        if truth_file.exists() and json.loads(truth_file.read_text()).get("spec") == json.loads(spec_json):
             progress(f"synthetic dataset already at {out}")
             return out
-        if not force:
-            raise DataError(f"{out}: exists and is not a synthetic dataset made with these settings (use --force to replace it)")
+        raise DataError(f"{out}: exists and is not a synthetic dataset made with these settings (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -507,13 +506,11 @@ def _write(root: Path, spec: SynthSpec, progress) -> None:
         progress(f"[{k + 1}/{len(stories)}] {story}: audio and teacher features")
         if clips is None:
             audio, words, phones = speechlike_audio(story_duration(n_trs), rng, spec.sample_rate)
-            ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
-                              {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         else:
             audio, words, phones = joined_speech(story_duration(n_trs), clips, rng, spec.sample_rate)
-            if words is not None:
-                ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
-                                  {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
+        if words is not None:  # clips without word times give no TextGrids
+            ds.write_textgrid(root / "derivative" / "TextGrids" / f"{story}.TextGrid",
+                              {"phone": phones, "word": words}, len(audio) / spec.sample_rate)
         ds.write_wav(root / "stimuli" / f"{story}.wav", audio, spec.sample_rate)
         times, feats = all_window_features(teacher, audio, window, [spec.low_layer, spec.high_layer])
         x_low = tr_features(spec, feats[spec.low_layer], times, n_trs)

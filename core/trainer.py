@@ -174,7 +174,7 @@ class Trainer:
         self.train_stories = sorted({s for m in self.members for s in m.split.train})
         held_out = [s for m in self.members for s in (*m.split.val, *m.split.test)]
         self.stories = [*self.train_stories, *dict.fromkeys(held_out)]
-        self.story_trs = self._story_trs()
+        self.story_trs, self._story_subject = self._story_trs()
         for other in config.transfer_to:
             dataset.validate(other)
         probes.check(config.probes, dataset)
@@ -226,8 +226,11 @@ class Trainer:
                                   masks, weights, np.flatnonzero(weights > 0)))
         return members
 
-    def _story_trs(self) -> dict[str, int]:
-        """TRs of every story; co-trained subjects must agree on each story they share (one backbone pass serves all)."""
+    def _story_trs(self) -> tuple[dict[str, int], dict[str, str]]:
+        """TRs of every story, and the first subject that has it (whose TR times its input uses).
+
+        Co-trained subjects must agree on each story they share: one backbone pass serves all.
+        """
         trs, first = {}, {}
         for m in self.members:
             for story in (*m.split.train, *m.split.val, *m.split.test):
@@ -237,8 +240,12 @@ class Trainer:
                                       f"{m.name}; subjects trained together need the same TRs of each shared story")
                 trs.setdefault(story, n)
                 first.setdefault(story, m.name)
-        self._story_subject = first  # whose TR times a story's input uses (the same for all, checked)
-        return trs
+        return trs, first
+
+    @property
+    def _interleaved(self) -> bool:
+        """Whether each subject takes its own steps (``subject_steps: interleaved`` with several subjects)."""
+        return len(self.members) > 1 and self.config.subject_steps == "interleaved"
 
     def _n_layers(self) -> int:
         from .wavlm import checkpoint_config
@@ -392,8 +399,7 @@ class Trainer:
             # the normalisation statistics too, once: after that each step averages them.
             broadcast_([self.model.norm.mean, self.model.norm.var])
             # A co-trained subject's readout gets no gradient from a story it has no responses to.
-            partial = any(len(m.split.train) < len(self.train_stories) for m in self.members) or (
-                len(self.members) > 1 and self.config.subject_steps == "interleaved")
+            partial = self._interleaved or any(len(m.split.train) < len(self.train_stories) for m in self.members)
             self._parallel = DistributedDataParallel(self.model, broadcast_buffers=False,
                                                      find_unused_parameters=self.config.layerdrop > 0 or partial)
         return self._parallel
@@ -403,7 +409,7 @@ class Trainer:
         self.model.train()
         blocks = epoch_blocks({s: self.story_trs[s] for s in self.train_stories}, self.config.block_trs,
                               self.config.seed, epoch)
-        if len(self.members) > 1 and self.config.subject_steps == "interleaved":
+        if self._interleaved:
             # One step per subject on the same block, in turn (subjects of weight 0 take none).
             blocks = [(story, start, stop, m.name) for story, start, stop in blocks for m in self.members
                       if m.weight > 0 and story in m.split.train]

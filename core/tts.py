@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import dataset as ds
 from .audio import read_wav
-from .errors import BrainsweepError, DataError
+from .cli import run
+from .errors import DataError
 from .textgrid import Interval
 
 __all__ = ["sentences", "speak", "FESTIVAL_HINT"]
@@ -106,18 +107,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for the clips (NNNN.wav + NNNN.TextGrid)")
     parser.add_argument("--max-sentences", type=int, default=None, help="speak at most this many sentences")
     args = parser.parse_args(argv)
-    try:
-        texts = [s for path in args.text for s in sentences(Path(path).read_text(errors="replace"))]
-        texts = texts[: args.max_sentences] if args.max_sentences else texts
-        if not texts:
-            raise DataError(f"{', '.join(args.text)}: no sentences of 4-40 words")
-        wavs = speak(texts, args.out, progress=print)
-    except (BrainsweepError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    texts = []
+    for path in args.text:
+        try:
+            texts += sentences(Path(path).read_text(errors="replace"))
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    texts = texts[: args.max_sentences] if args.max_sentences else texts
+    if not texts:
+        raise DataError(f"{', '.join(args.text)}: no sentences of 4-40 words")
+    wavs = speak(texts, args.out, progress=print)
     print(f"wrote {len(wavs)} clips to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

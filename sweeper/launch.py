@@ -258,9 +258,8 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
         settings = ", ".join(f"{k}={v}" for k, v in best.config["settings"].items())
         lines.append(f"{subject}: best trial {m.get('trial_id', '')} ({metric} {m[metric]:.3f}; {len(done)} finished): {settings}")
         rois = ["all"] + sorted(k.split(".", 1)[1] for k in m if k.startswith("test_r.") )
-        # Subjects trained on the same backbone (subjects:) after the trial's own.
-        cotrained = sorted(k.split(".", 1)[1] for k in m if k.startswith("cotrained_test_r.") and k.count(".") == 1
-                           and not k.endswith("_ceiling_fraction"))
+        config = train_config(spec.fixed, best.config["settings"])
+        cotrained = config.training_subjects(subject)[1:]  # trained on the same backbone (subjects:)
         rows = [("baseline", "baseline_r"), ("tuned", "test_r")]
         rows += [(f"{other} {label}", f"cotrained_{prefix}.{other}") for other in cotrained
                  for label, prefix in (("baseline", "baseline_r"), ("tuned", "test_r"))]
@@ -270,11 +269,10 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
             lines.append(f"  {label:<{width}}" + "".join(f"{v:>9.3f}" for v in values))
         if truth is not None and "test_r.planted" in m:
-            config = train_config(spec.fixed, best.config["settings"]).to_dict()
             for who, base, test in [(subject, "baseline_r", "test_r"),
                                     *((o, f"cotrained_baseline_r.{o}", f"cotrained_test_r.{o}") for o in cotrained)]:
                 frozen, tuned = m.get(f"{base}.planted", float("nan")), m.get(f"{test}.planted", float("nan"))
-                teacher = teacher_ridge(data, who, config)
+                teacher = teacher_ridge(data, who, config.to_dict())
                 label = "planted voxels" if who == subject else f"{who} (trained with {subject}) planted voxels"
                 lines.append(f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
                              f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
