@@ -9,9 +9,12 @@ and stripping braces and spaces against the non-speech markers), independent of
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from core.dataset import Dataset, Interval, is_marker
@@ -124,3 +127,82 @@ def test_a_file_in_no_praat_text_format_is_one_error_naming_it(tmp_path, content
 def test_markers_are_compared_as_the_reference_compares_them():
     assert all(map(is_marker, ["sp", "SP", "{LG}", "{ns}", " {BR} ", "sentence_start", "SENTENCE_END", "{LS}"]))
     assert not any(map(is_marker, ["SPEAK", "I", "{LAUGH}", "br-", "sentence"]))
+
+
+def _with_own_textgrids(data: Path, root: Path) -> Path:
+    """``data`` (read-only, shared) seen through links, with a private copy of its TextGrids to break."""
+    (root / "derivative").mkdir(parents=True)
+    for item in data.iterdir():
+        if item.name != "derivative":
+            (root / item.name).symlink_to(item)
+    for item in (data / "derivative").iterdir():
+        if item.name == "TextGrids":
+            shutil.copytree(item, root / "derivative" / item.name)
+        else:
+            (root / "derivative" / item.name).symlink_to(item)
+    return root
+
+
+def test_a_missing_textgrid_is_named_by_the_check_and_refused_by_a_probes_dry_run(small_data, tmp_path, capsys):
+    from core import check
+    from core.cli import run
+    from sweeper.launch import main as launch_main
+
+    data = _with_own_textgrids(small_data, tmp_path / "data")
+    story = Dataset(data).split("UTS01").train[0]
+    lost = Dataset(data).textgrid_path(story)
+    lost.unlink()
+    assert run(check.main, ["--data", str(data), "--subject", "UTS01"]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem:")]
+    assert problems == [f"problem: {lost}: TextGrid for story {story!r} not found"]
+
+    space = Path(__file__).parents[1] / "search_spaces" / "probes.yaml"
+    assert run(launch_main, ["--config", str(space), "--data", str(data), "--storage", str(tmp_path / "sweep"),
+                             "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: probes (acoustic, planted, unchanged) need the transcripts of 1 stories")
+    assert f"({story})" in err and str(lost) in err and "\n" not in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_study_that_fails_after_training_loses_nothing(small_data, tmp_path, monkeypatch, capsys):
+    """The probes' TextGrid vanishes during training: the results are written, then the run
+    fails naming the study; once the file is back, the same command repeats only the evaluation."""
+    from core import train
+    from core.cli import run
+    from core.trainer import Trainer
+
+    data = _with_own_textgrids(small_data, tmp_path / "data")
+    story = Dataset(data).split("UTS01").train[0]
+    grid = Dataset(data).textgrid_path(story)
+    kept = grid.read_bytes()
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--subject", "UTS01", "--out", str(out)]
+    for key, value in {"readout_layer": 3, "lora_layers": "[3]", "epochs": 1, "bottleneck": 8, "device": "cpu",
+                       "probes": "[acoustic]", "probe_layers": "[3]"}.items():
+        argv += ["--set", f"{key}={value}"]
+    started = Trainer.__init__
+
+    def start_then_lose_the_textgrid(self, *args, **kwargs):
+        started(self, *args, **kwargs)  # the checks before training pass
+        grid.unlink()
+
+    monkeypatch.setattr(Trainer, "__init__", start_then_lose_the_textgrid)
+    assert run(train.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: probes failed after training") and f"{grid}: TextGrid for story {story!r}" in err
+    assert f"{out}/summary.json" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_epoch"] in (0, 1) and 0 < summary["tuned"]["mean_r"] < 1
+    assert summary["probes"] == {} and set(summary["failed_studies"]) == {"probes"}
+    with h5py.File(out / "voxel_r.hf5") as f:
+        assert np.isfinite(f["tuned_r"][:]).any()
+
+    monkeypatch.setattr(Trainer, "__init__", started)
+    assert run(train.main, argv) == 2  # still missing: refused before anything runs
+    assert f"({story})" in capsys.readouterr().err
+    grid.write_bytes(kept)
+    assert run(train.main, argv) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["history"] == summary["history"] and again["tuned"] == summary["tuned"]  # not trained again
+    assert again["failed_studies"] == {} and set(again["probes"]["acoustic"]["3"]) == {"pretrained", "tuned"}
