@@ -287,7 +287,8 @@ class Dataset:
                 problems[story] = str(error)
         if problems:
             raise DataError(
-                f"{why} need the transcripts of {len(problems)} stories that lack a readable one "
+                f"{why} need the transcripts of {len(problems)} {'story' if len(problems) == 1 else 'stories'} "
+                "without a readable one "
                 f"({_listing(problems)}): " + "; ".join(problems.values())
             )
 

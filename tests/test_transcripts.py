@@ -160,7 +160,7 @@ def test_a_missing_textgrid_is_named_by_the_check_and_refused_by_a_probes_dry_ru
     assert run(launch_main, ["--config", str(space), "--data", str(data), "--storage", str(tmp_path / "sweep"),
                              "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {space}: probes (acoustic, planted, unchanged) need the transcripts of 1 stories")
+    assert err.startswith(f"error: {space}: probes (acoustic, planted, unchanged) need the transcripts of 1 story without")
     assert f"({story})" in err and str(lost) in err and "\n" not in err
     assert not (tmp_path / "sweep").exists()
 
