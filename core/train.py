@@ -7,10 +7,16 @@ Writes, when the run completes:
 - ``OUT/summary.json``: ``baseline`` (epoch 0, ridge), ``tuned`` (ridge refit on the best
   epoch's features: the paper's protocol) and ``tuned_readout`` (the model's own readout),
   each with ``mean_r``, ``roi_mean_r`` (and ``ceiling_fraction`` where the test story has
-  repeats); ``best_epoch``; the per-epoch history; the full configuration.
+  repeats); ``best_epoch``; the per-epoch history; the full configuration; the study
+  measures (``transfer``, ``probes``) and ``failed_studies`` (study -> error message).
 - ``OUT/voxel_r.hf5``: per-voxel ``baseline_r``, ``tuned_r``, ``tuned_readout_r`` and
   ``ceiling``, each of shape (n_voxels,).
 - ``OUT/config.yaml``: the configuration, loadable with ``--config``.
+
+A study that fails after training (say, a TextGrid the probes need went missing) loses
+nothing: the files above are written first, then the run ends with a one-line error
+naming the study (exit status 2). Running the same command again, once the cause is
+fixed, repeats only the evaluation.
 
 ``OUT/checkpoints/`` holds ``last.pt`` and ``best.pt``; running the same command again
 resumes an interrupted run where it stopped. Settings are documented in
@@ -33,6 +39,7 @@ import yaml
 from .cli import progress, run
 from .config import TrainConfig
 from .dataset import Dataset
+from .errors import StudyError
 from .outputs import atomic_write, write_json, write_voxel_results
 from .trainer import Trainer
 
@@ -50,6 +57,16 @@ def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
         ("summary.json", lambda p: write_json(p, summary)),
     ]:
         atomic_write(out / name, write)
+
+
+def raise_failed_studies(summary: dict, out: Path) -> None:
+    """After the results are written: a StudyError naming the studies that failed, if any."""
+    failed = summary.get("failed_studies") or {}
+    if failed:
+        reasons = "; ".join(f"{name}: {message}" for name, message in failed.items())
+        raise StudyError(f"{', '.join(failed)} failed after training ({reasons}). The trained model's results are in "
+                         f"{out}/summary.json and voxel_r.hf5; fix the cause and run again (a sweep: --resume): "
+                         "the run resumes from its checkpoints and repeats only the evaluation")
 
 
 def _join_torchrun(config: TrainConfig) -> torch.device | None:
@@ -91,6 +108,7 @@ def main(argv=None) -> int:
         rois = ", ".join(f"{k} {v:.3f}" for k, v in s["roi_mean_r"].items())
         print(f"{name:>13}: mean r {s['mean_r']:.3f} ({rois})")
     print(f"best epoch {summary['best_epoch']}; wrote {out}/summary.json")
+    raise_failed_studies(summary, out)
     return 0
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from . import probes
 from .config import TrainConfig
 from .dataset import Dataset, Split
 from .distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
-from .errors import ConfigError
+from .errors import BrainsweepError, ConfigError
 from .evaluation import Evaluation, prediction_r, ridge_evaluation, score_prediction
 from .extract import FrozenFeatures, resolve_cnn_cache
 from .features import WindowSpec
@@ -177,7 +178,7 @@ class Trainer:
         self.story_trs, self._story_subject = self._story_trs()
         for other in config.transfer_to:
             dataset.validate(other)
-        probes.check(config.probes, dataset)
+        probes.check(config.probes, dataset, [*self.split.train, *self.split.test])
         config.check_against(n_layers=self._n_layers(), roi_names=list(self.roi_masks),
                              story_trs={s: self.story_trs[s] for s in self.train_stories})
 
@@ -516,7 +517,13 @@ class Trainer:
         return self.evaluate() if self.rank == 0 else None
 
     def evaluate(self) -> dict:
-        """The summary: baseline and tuned (ridge) from the checkpoints, the best epoch's own readout and study measures."""
+        """The summary: baseline and tuned (ridge) from the checkpoints, the best epoch's own readout and study measures.
+
+        A study that fails (e.g. a TextGrid removed since the start) does not take the
+        trained model's results with it: its message goes to ``failed_studies`` (study ->
+        message) and the summary is returned as usual; the caller writes the results and
+        then raises (:func:`core.train.raise_failed_studies`).
+        """
         from . import studies
 
         self._load(self.out / "checkpoints" / "best.pt", restore_rng=False)
@@ -524,14 +531,29 @@ class Trainer:
         vectors = self.window_vectors(self.split.test)
         readout = score_prediction(self._readout_prediction(self.split.test, vectors), self.dataset, self.subject,
                                    self.split.test, self.roi_masks)
-        transfer = studies.transfer(self, [s for s in self.config.transfer_to if s not in self.subjects])
-        probed = studies.probe(self) if self.config.probes else {}
+        failed: dict[str, str] = {}
+
+        def study(name, measure, *args):
+            try:
+                return measure(*args)
+            except Exception as error:  # noqa: BLE001 - hours of training must not be lost to one study
+                if isinstance(error, BrainsweepError):
+                    failed[name] = str(error)
+                else:  # a bug: its traceback is shown, since the run goes on to write its results
+                    failed[name] = f"{type(error).__name__}: {error}"
+                    self.progress(traceback.format_exc())
+                self.progress(f"{name} failed after training: {failed[name]}")
+                return {}
+
+        transfer = study("transfer", studies.transfer, self, [s for s in self.config.transfer_to if s not in self.subjects])
+        probed = study("probes", studies.probe, self) if self.config.probes else {}
         self._load(self.out / "checkpoints" / "last.pt", restore_rng=False)
         self.results = {"baseline": self.evaluations["baseline"], "tuned": self.evaluations["tuned"],
                         "tuned_readout": readout}
         return {
             "transfer": {other: {name: result.summary for name, result in pair.items()} for other, pair in transfer.items()},
             "probes": probed,
+            "failed_studies": failed,
             "subject": self.subject,
             "subjects": self.subjects,
             "cotrained": {m.name: {what: self.evaluations[f"{what}.{m.name}"].summary for what in ("baseline", "tuned")}

@@ -51,7 +51,8 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     """Sample configurations of the space and check each against its model and the subjects' data.
 
     Catches impossible combinations (e.g. a LoRA layer above the read-out layer, an ROI a
-    subject lacks, a layer a searched ``model`` does not have) before any trial starts.
+    subject lacks, a layer a searched ``model`` does not have) and studies that cannot run
+    (probes of stories without a readable TextGrid, each read once) before any trial starts.
     ``model`` may be searched across families (``model: {choice: [...]}``); give each its
     own layers with ``when: {model: ...}``. Every checkpoint is read (config only) once.
     """
@@ -82,6 +83,7 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
     space = SearchSpace(spec)
+    probed, probe_names = {}, {}  # stories whose transcripts the probes read, and the probes (ordered sets)
     for _ in range(samples if spec.params else 1):
         trial = study.ask()
         config = train_config(spec.fixed, space(trial)["settings"])
@@ -91,6 +93,10 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
                 raise ConfigError(f"{spec.source}: {setting}: no subject {', '.join(unknown)} in {data} "
                                   f"(available: {', '.join(dataset.subjects)})")
         probes.check(config.probes, dataset)
+        probe_names.update(dict.fromkeys(config.probes))
+        for subject in subjects if config.probes else ():
+            split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
+            probed.update(dict.fromkeys((*split.train, *split.test)))
         model = config.model or str(data / "pretrained")
         for subject, (rois, trs) in info.items():
             try:
@@ -100,6 +106,8 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
                 searched = f" with model {model}" if "model" in {p.setting for p in spec.params} else ""
                 raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}{searched}: {err}") from None
         study.tell(trial, 0.0)
+    if probed:
+        dataset.check_transcripts(list(probed), f"{spec.source}: probes ({', '.join(probe_names)})")
 
 
 def print_plan(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, tracking_uri: str) -> None:
@@ -239,7 +247,8 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
     On a planted-teacher dataset (``data`` with ``truth/``) also, on the planted voxels:
     frozen ridge (the baseline), tuned ridge (the best trial's test r), teacher ridge
     (:func:`teacher_ridge`), the share of the gap closed, and the LoRA layers the search
-    ranked first next to the planted ones.
+    ranked first next to the planted ones. A trial whose studies failed after training (its
+    results kept) gets a line naming them and its error.
     """
     from .space import train_config
 
@@ -279,7 +288,17 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
             order = ", ".join(f"{train_config(spec.fixed, r.config['settings']).lora_layer_list()} "
                               f"{r.metrics.get(metric, float('nan')):.3f}" for r in ranked)
             lines.append(f"  LoRA layers ranked by {metric}: {order}; planted: {truth['spec']['planted_layers']}")
+        for r in done:
+            if r.metrics.get("failed_studies"):
+                lines.append(f"  trial {r.metrics.get('trial_id', '')}: {r.metrics['failed_studies']} failed after "
+                             f"training (its results are kept): {_error_line(r.error)}")
     return "\n".join(lines)
+
+
+def _error_line(error) -> str:
+    """The error's last line: its type and message, after any traceback."""
+    text = str(error or "").strip().splitlines()
+    return text[-1][:300] if text else "no error recorded"
 
 
 def write_report(tracking_uri: str, experiment: str, out: Path) -> None:
@@ -353,7 +372,8 @@ def main(argv=None) -> int:
         ui = f"open {tracking_uri} (experiment {spec.name})"
     print(f"\nfinished in {time.time() - started:.0f} s. MLflow UI: {ui}")
     errors = results.errors
-    return 1 if errors and len(errors) == len(results) else 0
+    failed_studies = any(r.metrics and r.metrics.get("failed_studies") for r in results)
+    return 1 if failed_studies or (errors and len(errors) == len(results)) else 0
 
 
 if __name__ == "__main__":

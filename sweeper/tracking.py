@@ -11,9 +11,10 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
 - a child run per trial (tags ``mlflow.parentRunId``, ``trial_id``), named by the trial id:
   params ``trial.config["params"]`` as given, every numeric ``val_*``, ``train_*``,
   ``test_*``, ``baseline_*``, ``tuned_*`` result per epoch, the tag ``node_id`` (the Ray
-  node of the latest result that names one: after a retry elsewhere, the new node), on
-  completion the files of the trial's output folder (:data:`TRIAL_ARTIFACTS` and
-  ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
+  node of the latest result that names one: after a retry elsewhere, the new node), the
+  tag ``failed_studies`` (the studies that failed after training, whose trial then ends in
+  error with its results kept), on completion or error the files of the trial's output
+  folder (:data:`TRIAL_ARTIFACTS` and ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
   its final report, which carries ``done_training``) and ``best_trial`` (true on one child
   per subject).
 
@@ -214,7 +215,7 @@ class MLflowTracker(Callback):
         step = int(result["epoch"] if "epoch" in result else result.get("training_iteration", 0))
         metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()
                    if recorded is None or step not in recorded.get(key, ())]
-        tags = [RunTag("node_id", result["node_id"])] if isinstance(result.get("node_id"), str) else []
+        tags = [RunTag(key, result[key]) for key in ("node_id", "failed_studies") if isinstance(result.get(key), str)]
         if metrics or tags:
             self.client.log_batch(self._child(trial), metrics=metrics, tags=tags)
         if recorded is not None:
@@ -222,19 +223,23 @@ class MLflowTracker(Callback):
                 recorded.setdefault(metric.key, set()).add(step)
         return len(metrics)
 
-    def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
-        run_id = self._child(trial)
+    def _log_trial_files(self, run_id: str, trial: Trial) -> None:
         folder = self.trial_dir(trial)
         if folder is not None and Path(folder).is_dir():
             files = [Path(folder, name) for name in TRIAL_ARTIFACTS] + sorted(Path(folder).glob("*.png"))
             for path in files:
                 if path.is_file():
                     self.client.log_artifact(run_id, str(path))
+
+    def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
+        run_id = self._child(trial)
+        self._log_trial_files(run_id, trial)
         self.client.set_tag(run_id, "stopped_early", str(stopped_early).lower())
         self.client.set_terminated(run_id, "FINISHED")
 
     def _fail_trial(self, trial: Trial) -> None:
         run_id = self._child(trial)
+        self._log_trial_files(run_id, trial)  # a study that failed after training left the trained model's results
         if trial.error_file:
             self.client.set_tag(run_id, "error_file", trial.error_file)
             if os.path.isfile(trial.error_file):

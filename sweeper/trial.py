@@ -24,7 +24,14 @@ features of the training stories, scored on the validation stories
   (pretrained): held-out r of word-level probes (:mod:`core.probes`); with ``subjects``
   (several subjects trained on one backbone), for each other trained subject S
   ``cotrained_test_r.S`` and ``cotrained_baseline_r.S``, each per ROI too, and per epoch
-  ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean).
+  ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean);
+  ``failed_studies`` (a string: the studies that failed after training, e.g. ``probes``) when any did.
+
+A study that fails after training loses nothing: the trial's results are written and its
+final metrics reported first, then the trial ends with a :class:`core.errors.StudyError`
+(:func:`core.train.raise_failed_studies`). Such a trial counts as unfinished
+(:func:`finished`), so a retry or ``--resume`` resumes its checkpoints and repeats only the
+evaluation.
 
 A one-worker trial runs the trainer in the trial's own process (no Train start-up); more
 workers run it data-parallel under Ray Train (gloo on CPU, nccl on GPU). The trial's
@@ -42,7 +49,7 @@ from pathlib import Path
 
 from core.config import TrainConfig
 from core.dataset import Dataset
-from core.train import write_results
+from core.train import raise_failed_studies, write_results
 from core.trainer import Trainer
 
 from .space import train_config
@@ -129,6 +136,8 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
         for layer, pair in layers.items():
             metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]
             metrics[f"probe_baseline_r.{family}.L{layer}"] = pair["pretrained"]
+    if summary.get("failed_studies"):
+        metrics["failed_studies"] = ", ".join(summary["failed_studies"])
     return _finite(metrics)
 
 
@@ -162,7 +171,8 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
     """The results of a trial that already completed with this configuration, if any.
 
     A sweep resumed after its driver died can start again a trial whose results were
-    written but not yet recorded by Tune; it then reports them instead of recomputing.
+    written but not yet recorded by Tune; it then reports them instead of recomputing. A
+    trial whose studies failed is not complete: it is evaluated again.
     """
     try:
         summary = json.loads((out / "summary.json").read_text())
@@ -170,7 +180,7 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
     except (OSError, ValueError, KeyError):
         return None
     same = isinstance(summary.get("config"), dict) and TrainConfig.from_dict(summary["config"]).identity() == config.identity()
-    return (summary, seconds) if same else None
+    return (summary, seconds) if same and not summary.get("failed_studies") else None
 
 
 def _figures(out: Path, trainer: Trainer, summary: dict) -> None:
@@ -202,6 +212,7 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
     else:
         summary, seconds = _run_distributed(train_cfg, plan, subject, out, trial_id)
     tune.report(final_metrics(summary, seconds))
+    raise_failed_studies(summary, out)
 
 
 def _worker_loop(loop_config: dict) -> None:
