@@ -81,3 +81,17 @@ def test_the_export_computes_our_hidden_states_with_transformers_and_peft_alone(
                         ("norm.mean", trainer.model.norm.mean)]:
         key = name if name.startswith("norm.") else f"UTS01.{name}"
         torch.testing.assert_close(readout[key], value.detach())
+
+    if family == "hubert":  # the sweep's tracker logs the same export (no merged copy) to the best trial's run
+        from mlflow.tracking import MlflowClient
+
+        from sweeper.tracking import MLflowTracker
+
+        tracker = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "export", (tmp_path / "artifacts").as_uri(),
+                                sweep={}, subjects=[], trial_dir=lambda trial: None, data=str(tiny_data))
+        client = MlflowClient(tracker.tracking_uri)
+        run_id = client.create_run(client.create_experiment("export", (tmp_path / "artifacts").as_uri())).info.run_id
+        tracker._log_export(run_id, trainer.out)  # peft adds a model card (adapter/README.md) to these
+        logged = {a.path for path in ("export", "export/adapter") for a in client.list_artifacts(run_id, path)}
+        assert logged >= {"export/adapter", "export/readout.json", "export/readout.safetensors",
+                          "export/adapter/adapter_config.json", "export/adapter/adapter_model.safetensors"}
