@@ -74,11 +74,16 @@ import json, os, sys
 from mlflow.tracking import MlflowClient
 db, job, seconds, state = sys.argv[1:]
 client = MlflowClient(f"sqlite:///{db}")
+
+def artifacts(run):  # the server's artifact store (mlflow-artifacts:/...), read directly
+    folder = os.path.join(os.path.dirname(db), "artifacts", run.info.artifact_uri.split(":", 1)[1].lstrip("/"))
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
 runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 result = {"job": job, "seconds": int(seconds), "slurm": state.split("=")[1],
           "runs": [{"name": r.info.run_name, "status": r.info.status, "role": r.data.tags.get("sweep.role", "trial"),
                     "best_val_r": r.data.metrics.get("best_val_r"), "best_trial": r.data.tags.get("best_trial"),
-                    "artifacts": sorted(a.path for a in client.list_artifacts(r.info.run_id))} for r in runs]}
+                    "artifacts": artifacts(r)} for r in runs]}
 print(json.dumps(result, indent=1))
 if os.environ.get("OUT"):
     with open(os.environ["OUT"], "w") as f:
