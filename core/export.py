@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from .config import TrainConfig
 from .dataset import Dataset
 from .errors import ConfigError
 from .outputs import atomic_dir, write_json
+from .trainer import Trainer
 from .wavlm import FAMILIES, checkpoint_config, quiet_transformers, target_module_name
 
 __all__ = ["export", "base_model", "main"]
@@ -144,10 +146,6 @@ def export(run_dir, data, out, checkpoint: str = "best", merged: bool = True) ->
         The run is unfinished, of a Whisper checkpoint, or its checkpoint does not match
         its settings.
     """
-    from safetensors.torch import save_file
-
-    from .trainer import Trainer
-
     run_dir = Path(run_dir)
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"checkpoint: {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
