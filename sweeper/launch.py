@@ -186,7 +186,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     record["objective"] = record["objectives"][0]
     tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=record, subjects=subjects,
                             trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id),
-                            storage=str(storage))
+                            storage=str(storage), data=str(data))
     write_sweep_file(storage, experiment=spec.name, tracking_uri=tracking_uri, artifact_location=artifact_location,
                      sweep=record, subjects=subjects)
     return tune.Tuner(

@@ -16,7 +16,9 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
   error with its results kept), on completion or error the files of the trial's output
   folder (:data:`TRIAL_ARTIFACTS` and ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
   its final report, which carries ``done_training``) and ``best_trial`` (true on one child
-  per subject).
+  per subject); the best trial's run also gets its tuned model under ``export/``
+  (:func:`core.export.export`: peft adapters and readouts; no merged checkpoint, which
+  is as large as the base model: ``python -m core.export`` on the trial folder makes it).
 
 Runs are found by these tags before any is created, so a resumed sweep (same trial ids)
 continues its runs instead of duplicating them. No run is left RUNNING after the sweep:
@@ -46,6 +48,7 @@ import logging
 import math
 import numbers
 import os
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -88,6 +91,8 @@ class MLflowTracker(Callback):
         queued calls.
     storage : the sweep folder, named in the warning about calls MLflow never received
         (``python -m sweeper.sync --storage <storage>`` records them later).
+    data : the sweep's dataset folder; given, each subject's best trial is exported
+        (:mod:`core.export`) into its run's artifacts.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class MLflowTracker(Callback):
         trial_dir: Callable[[Trial], Path | None],
         retry_interval_s: float = 30.0,
         storage: str | None = None,
+        data: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -109,6 +115,7 @@ class MLflowTracker(Callback):
         self.trial_dir = trial_dir
         self.retry_interval_s = retry_interval_s
         self.storage = None if storage is None else str(storage)
+        self.data = None if data is None else str(data)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parents: dict[str, str] = {}  # subject -> run id
@@ -319,12 +326,29 @@ class MLflowTracker(Callback):
             if run.info.run_id != best_run:
                 self.client.delete_tag(run.info.run_id, "best_trial")
         self.client.set_tag(best_run, "best_trial", "true")
+        if self.data is not None:
+            self._log_export(best_run, self.trial_dir(best))
         timestamp = int(time.time() * 1000)
         self.client.log_batch(
             parent,
             metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
             tags=[RunTag("best_trial_id", best.trial_id)],
         )
+
+    def _log_export(self, run_id: str, folder: Path | None) -> None:
+        """A finished trial's tuned model (:func:`core.export.export` without ``merged/``) as its run's ``export/``."""
+        from core.errors import BrainsweepError
+        from core.export import export
+
+        if folder is None or not Path(folder, "summary.json").is_file():
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                export(folder, self.data, Path(tmp) / "export", merged=False)
+            except (BrainsweepError, OSError) as err:  # the sweep's results stand without it
+                logger.warning("trial folder %s not exported to MLflow: %s", folder, err)
+                return
+            self.client.log_artifacts(run_id, str(Path(tmp) / "export"), "export")
 
     # Finding or creating runs; ids are cached once known.
 
