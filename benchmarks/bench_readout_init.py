@@ -7,11 +7,12 @@ A trial with ``readout_init: ridge`` sets its rank-k readout from the ridge map 
 and the one it replaced (``old``, kept here only as the reference: a float64 copy of the
 map, then a full SVD of it), each in its own subprocess on the same random ridge fit, and
 reports wall time and peak resident memory above what the process held before the step
-(Linux ``VmHWM``, reset just before). The two readouts' rank-k maps are compared on the
+(Linux ``VmHWM``, reset just before), and the process' CPU time (less noisy than the wall
+time on a shared machine). The two readouts' rank-k maps are compared on the
 first voxels.
 
     python -m benchmarks.bench_readout_init [--voxels 95000] [--features 3072] [--bottleneck 100]
-                                            [--threads 2] [--methods old new] [--json PATH]
+                                            [--threads 2] [--methods old new] [--device cpu] [--json PATH]
 
 Target: ``new`` under 60 s on 2 CPU cores. ``old`` takes ~1,000 s there. Not run by the
 test suite.
@@ -76,17 +77,20 @@ def run_one(method: str, args, out: Path) -> dict:
     """One method in this process: time and peak RSS rise of the initialisation alone."""
     torch.set_num_threads(args.threads)
     fit = random_fit(args.features, args.voxels)
-    readout = Readout(args.features, args.voxels, args.bottleneck)
+    readout = Readout(args.features, args.voxels, args.bottleneck).to(args.device)
     outputs = np.arange(args.voxels)
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     (old_init if method == "old" else new_init)(readout, fit, outputs)
-    seconds = time.perf_counter() - start
+    if readout.up.weight.is_cuda:
+        torch.cuda.synchronize()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak_rise = _status_kib("VmHWM") - before
     with torch.no_grad():
-        np.save(out / f"{method}.npy", (readout.up.weight[:COMPARED_VOXELS] @ readout.down.weight).T.numpy())
-    return {"seconds": seconds, "peak_rss_rise_mib": peak_rise / 1024, "rss_before_mib": before / 1024,
+        np.save(out / f"{method}.npy", (readout.up.weight[:COMPARED_VOXELS] @ readout.down.weight).T.cpu().numpy())
+    device_peak = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if readout.up.weight.is_cuda else {}
+    return {**device_peak, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_rise_mib": peak_rise / 1024, "rss_before_mib": before / 1024,
             "map_mib": fit.weights.nbytes / 2**20}
 
 
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, default=3072)
     parser.add_argument("--bottleneck", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the readout lives (the new path computes there)")
     parser.add_argument("--methods", nargs="+", default=["old", "new"], choices=["old", "new"])
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: METHOD DIR, in this process
@@ -109,13 +114,13 @@ def main(argv=None) -> int:
         for method in args.methods:
             cmd = [sys.executable, "-m", "benchmarks.bench_readout_init", "--one", method, tmp,
                    "--voxels", str(args.voxels), "--features", str(args.features),
-                   "--bottleneck", str(args.bottleneck), "--threads", str(args.threads)]
+                   "--bottleneck", str(args.bottleneck), "--threads", str(args.threads), "--device", args.device]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{method} failed:\n{done.stderr[-3000:]}")
             results[method] = json.loads(done.stdout.strip().splitlines()[-1])
             r = results[method]
-            print(f"{method:4s} {r['seconds']:8.1f} s  peak RSS +{r['peak_rss_rise_mib']:7.0f} MiB "
+            print(f"{method:4s} {r['seconds']:8.1f} s ({r['cpu_seconds']:.1f} CPU s)  peak RSS +{r['peak_rss_rise_mib']:7.0f} MiB "
                   f"(map {r['map_mib']:.0f} MiB float32)", flush=True)
         if {"old", "new"} <= results.keys():
             old, new = (np.load(Path(tmp) / f"{m}.npy") for m in ("old", "new"))
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
         from benchmarks.bench_trainer import machine
 
         torch.set_num_threads(args.threads)
-        record = {"benchmark": "readout_init", "features": args.features, "voxels": args.voxels,
+        record = {"benchmark": "readout_init", "device": args.device, "features": args.features, "voxels": args.voxels,
                   "bottleneck": args.bottleneck, "threads": args.threads, "machine": machine(),
                   "command": "python -m benchmarks.bench_readout_init " + " ".join(argv or sys.argv[1:]),
                   "results": results}
