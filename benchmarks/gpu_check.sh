@@ -30,7 +30,7 @@
 # readout_init stays at 3,072 x 95,000 on the CPU.
 #
 # Time: every step has its own limit, and all of them together stay within TOTAL_SECONDS
-# (480 on a GPU; on the CPU 480 x GPU_CHECK_SLOWER, default 2): a step gets what is left
+# (480 on a GPU; on the CPU 480 x GPU_CHECK_SLOWER, default 4): a step gets what is left
 # when it starts, at most its own limit, and a step that finds no time left FAILs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,7 +76,7 @@ if [[ $MODE == gpu ]]; then
         exit 1
     fi
 else
-    DEVICE=cpu PRECISION=fp32 RIDGE=numpy SIZE=tiny SLOWER=${GPU_CHECK_SLOWER:-2} VOXELS=2000 BENCH_STEPS=1
+    DEVICE=cpu PRECISION=fp32 RIDGE=numpy SIZE=tiny SLOWER=${GPU_CHECK_SLOWER:-4} VOXELS=2000 BENCH_STEPS=1
 fi
 TOTAL_SECONDS=$((480 * SLOWER))  # the step limits below are a GPU's, x SLOWER on the CPU
 say "gpu_check ($MODE) $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); steps in $WORK"
