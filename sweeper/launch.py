@@ -247,8 +247,10 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
     On a planted-teacher dataset (``data`` with ``truth/``) also, on the planted voxels:
     frozen ridge (the baseline), tuned ridge (the best trial's test r), teacher ridge
     (:func:`teacher_ridge`), the share of the gap closed, and the LoRA layers the search
-    ranked first next to the planted ones. A trial whose studies failed after training (its
-    results kept) gets a line naming them and its error.
+    ranked first next to the planted ones. With a read-out layer deeper than the teacher's
+    (a bigger backbone on the tiny dataset) there is no teacher ridge to compare: the line
+    says so. A trial whose studies failed after training (its results kept) gets a line
+    naming them and its error.
     """
     from .space import train_config
 
@@ -278,13 +280,21 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
             lines.append(f"  {label:<{width}}" + "".join(f"{v:>9.3f}" for v in values))
         if truth is not None and "test_r.planted" in m:
+            teacher_dir = data / truth["teacher"]
+            teacher_layers = json.loads((teacher_dir / "config.json").read_text())["num_hidden_layers"]
             for who, base, test in [(subject, "baseline_r", "test_r"),
                                     *((o, f"cotrained_baseline_r.{o}", f"cotrained_test_r.{o}") for o in cotrained)]:
                 frozen, tuned = m.get(f"{base}.planted", float("nan")), m.get(f"{test}.planted", float("nan"))
-                teacher = teacher_ridge(data, who, config.to_dict())
                 label = "planted voxels" if who == subject else f"{who} (trained with {subject}) planted voxels"
-                lines.append(f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
-                             f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
+                line = f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, "
+                if config.readout_layer > teacher_layers:
+                    # e.g. a 12-layer backbone on the tiny dataset: the teacher has no such layer to compare with
+                    lines.append(line + f"no teacher ridge (read-out layer {config.readout_layer}; the teacher, "
+                                 f"{teacher_dir}, has {teacher_layers} layers)")
+                    continue
+                teacher = teacher_ridge(data, who, config.to_dict())
+                lines.append(line + f"teacher ridge {teacher:.3f} (the truth): "
+                             f"{(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
             order = ", ".join(f"{train_config(spec.fixed, r.config['settings']).lora_layer_list()} "
                               f"{r.metrics.get(metric, float('nan')):.3f}" for r in ranked)
             lines.append(f"  LoRA layers ranked by {metric}: {order}; planted: {truth['spec']['planted_layers']}")

@@ -114,6 +114,24 @@ def test_frozen_ridge_falls_short_of_teacher_ridge_on_planted_voxels(tiny_data):
     assert r["teacher", 3][0] > 0.8
 
 
+def test_the_sweep_summary_without_the_teachers_read_out_layer_says_so(tiny_data):
+    """gpu_check's paper trial: a 12-layer backbone read out at layer 9 on the 4-layer teacher's data."""
+    from types import SimpleNamespace
+
+    from sweeper.launch import summarize
+    from sweeper.space import parse_spec
+
+    spec = parse_spec({"name": "t", "data": str(tiny_data), "fixed": {"readout_layer": 9},
+                       "search": {"lr": {"choice": [1e-4]}}}, "t.yaml")
+    metrics = {"done_training": 1, "best_val_r": 0.5, "test_r": 0.61, "baseline_r": 0.6,
+               "test_r.planted": 0.55, "baseline_r.planted": 0.5}
+    result = SimpleNamespace(config={"subject": "UTS01", "settings": {"lr": 1e-4}}, metrics=metrics)
+    lines = summarize([result], spec, ["UTS01"], data=tiny_data).splitlines()
+    assert lines[4] == (f"  planted voxels: frozen ridge 0.500, tuned ridge 0.550, no teacher ridge (read-out layer 9; "
+                        f"the teacher, {tiny_data / 'truth/teacher'}, has {synth.SIZES['tiny'].num_layers} layers)")
+    assert lines[5].startswith("  LoRA layers ranked by best_val_r: [1, 2, 3, 4, 5, 6, 7, 8, 9] 0.500; planted:")
+
+
 def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
     """TR averaging + canonical HRF, not our Lanczos + FIR: other responses from the same
     sound and teacher, and frozen ridge still falls short of teacher ridge on the planted voxels."""
