@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from scipy.stats import gamma
 
 from core import synth
 from core.dataset import Dataset
@@ -140,6 +141,11 @@ def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
     truth = json.loads((root / "truth" / "truth.json").read_text())
     assert truth["response_model"] == "hrf" and truth["spec"]["response_model"] == "hrf"
     assert truth["hrf"] == pytest.approx(synth.canonical_hrf().tolist()) and "hrf_fir" not in truth
+    # SPM's double gamma from scipy (peak at 5 s, undershoot of a sixth at 15 s) at ds003020's TR, summing to 1.
+    assert truth["tr"] == 2.0045
+    t = np.arange(0.0, 32.0, truth["tr"])
+    spm = gamma.pdf(t, 6) - gamma.pdf(t, 16) / 6
+    assert truth["hrf"] == pytest.approx((spm / spm.sum()).tolist(), abs=1e-12)
     assert (root / "stimuli/avatar.wav").read_bytes() == (tiny_data / "stimuli/avatar.wav").read_bytes()
     fir, hrf = Dataset(tiny_data).responses("UTS01", "avatar"), Dataset(root).responses("UTS01", "avatar")
     planted = Dataset(root).roi_masks("UTS01")["planted"] & np.isfinite(hrf).all(0)
