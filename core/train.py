@@ -23,6 +23,7 @@ Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -68,13 +69,15 @@ def _join_torchrun(config: TrainConfig) -> torch.device | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    settings = ", ".join(field.name for field in dataclasses.fields(TrainConfig))
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0],
+                                     epilog=f"settings (core/config.py TrainConfig): {settings}")
     parser.add_argument("--data", required=True, help="dataset root (ds003020 layout)")
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject", required=True, help="subject to tune on, as named in the dataset, e.g. UTS01")
     parser.add_argument("--out", required=True, help="output folder; an interrupted run there is resumed")
     parser.add_argument("--config", help="YAML file of settings (see core/config.py)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3]")
+                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3] (settings listed below)")
     args = parser.parse_args(argv)
 
     config = TrainConfig.load(args.config, args.set)
