@@ -27,19 +27,23 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from .cli import progress, run
 from .config import TrainConfig
-from .dataset import Dataset
-from .outputs import atomic_write, write_json, write_voxel_results
-from .trainer import Trainer
+
+if TYPE_CHECKING:  # torch and the trainer load in seconds: imported where used, so --help is instant
+    import torch
+
+    from .trainer import Trainer
 
 
 def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
     """Results files, each written to a temporary name first so none is ever half-written."""
+    from .outputs import atomic_write, write_json, write_voxel_results
+
     results = trainer.results
     arrays = {"baseline_r": results["baseline"].r, "tuned_r": results["tuned"].r,
               "tuned_readout_r": results["tuned_readout"].r}
@@ -57,6 +61,7 @@ def _join_torchrun(config: TrainConfig) -> torch.device | None:
     """Under torchrun (``WORLD_SIZE`` > 1): join its process group; returns this worker's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     import torch.distributed as dist
 
     gpu = config.device != "cpu" and torch.cuda.is_available()
@@ -79,6 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3] (settings listed below)")
     args = parser.parse_args(argv)
+
+    from .dataset import Dataset
+    from .trainer import Trainer
 
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)
