@@ -29,23 +29,28 @@ Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from .cli import progress, run
 from .config import TrainConfig
-from .dataset import Dataset
 from .errors import StudyError
-from .outputs import atomic_write, write_json, write_voxel_results
-from .trainer import Trainer
+
+if TYPE_CHECKING:  # torch and the trainer load in seconds: imported where used, so --help is instant
+    import torch
+
+    from .trainer import Trainer
 
 
 def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
     """Results files, each written to a temporary name first so none is ever half-written."""
+    from .outputs import atomic_write, write_json, write_voxel_results
+
     results = trainer.results
     arrays = {"baseline_r": results["baseline"].r, "tuned_r": results["tuned"].r,
               "tuned_readout_r": results["tuned_readout"].r}
@@ -73,6 +78,7 @@ def _join_torchrun(config: TrainConfig) -> torch.device | None:
     """Under torchrun (``WORLD_SIZE`` > 1): join its process group; returns this worker's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     import torch.distributed as dist
 
     gpu = config.device != "cpu" and torch.cuda.is_available()
@@ -85,14 +91,19 @@ def _join_torchrun(config: TrainConfig) -> torch.device | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    settings = ", ".join(field.name for field in dataclasses.fields(TrainConfig))
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0],
+                                     epilog=f"settings (core/config.py TrainConfig): {settings}")
     parser.add_argument("--data", required=True, help="dataset root (ds003020 layout)")
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject", required=True, help="subject to tune on, as named in the dataset, e.g. UTS01")
     parser.add_argument("--out", required=True, help="output folder; an interrupted run there is resumed")
     parser.add_argument("--config", help="YAML file of settings (see core/config.py)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3]")
+                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3] (settings listed below)")
     args = parser.parse_args(argv)
+
+    from .dataset import Dataset
+    from .trainer import Trainer
 
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)

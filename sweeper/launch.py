@@ -324,9 +324,30 @@ def write_report(tracking_uri: str, experiment: str, out: Path) -> None:
     print(f"report ({sweep.kind}): {folder / 'report.md'}, also under report/ in the MLflow parent runs")
 
 
+def mlflow_ui_hint(tracking_uri: str, experiment: str) -> str:
+    """How to open the sweep's MLflow page: a command that works without an activated venv, then the link."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import landing_url
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if tracking_uri.startswith("sqlite:"):
+        ui_url = "http://127.0.0.1:5000"
+        command = f"{sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    else:
+        ui_url, command = tracking_uri, None
+    page = landing_url(ui_url, found.experiment_id) if found else f"{ui_url} (experiment {experiment})"
+    return f"{command}\n  then open {page}" if command else f"open {page}"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeper.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space file (default: search_spaces/demo.yaml)")
+    shipped = sorted(path.stem for path in DEFAULT_CONFIG.parent.glob("*.yaml"))
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeper.launch", description=__doc__.splitlines()[0],
+        epilog=f"shipped search spaces (search_spaces/<name>.yaml): {', '.join(shipped)}",
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="search-space file, e.g. search_spaces/paper.yaml (default: search_spaces/demo.yaml)")
     parser.add_argument("--data", help="dataset folder (overrides the file's data:)")
     parser.add_argument("--subjects", nargs="+", help="subjects to sweep (overrides the file's subjects:)")
     parser.add_argument("--num-samples", type=int, help="trials per subject (overrides budget.trials)")
@@ -342,7 +363,9 @@ def main(argv=None) -> int:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
         spec = replace(spec, trials=args.num_samples)
+    data_started = time.time()
     data = resolve_data(args.data or spec.data)
+    data_s = time.time() - data_started
     from core.dataset import Dataset
 
     available = Dataset(data).subjects
@@ -376,11 +399,8 @@ def main(argv=None) -> int:
     print()
     print(summarize(results, spec, subjects, data))
     write_report(tracking_uri, spec.name, storage / "report")
-    if tracking_uri.startswith("sqlite:"):
-        ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000)"
-    else:
-        ui = f"open {tracking_uri} (experiment {spec.name})"
-    print(f"\nfinished in {time.time() - started:.0f} s. MLflow UI: {ui}")
+    print(f"\nsweep finished in {time.time() - started:.0f} s (Ray start, trials, summary, report; "
+          f"making or finding the data took {data_s:.0f} s before it). MLflow UI: {mlflow_ui_hint(tracking_uri, spec.name)}")
     errors = results.errors
     failed_studies = any(r.metrics and r.metrics.get("failed_studies") for r in results)
     return 1 if failed_studies or (errors and len(errors) == len(results)) else 0

@@ -20,6 +20,13 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
   (:func:`core.export.export`: peft adapters and readouts; no merged checkpoint, which
   is as large as the base model: ``python -m core.export`` on the trial folder makes it).
 
+The experiment opens on its trials (MLflow 3's UI otherwise opens a new experiment on the
+GenAI traces page, with no param or metric column): it gets the tag
+``mlflow.experimentKind=custom_model_development`` and a saved runs-table view,
+:data:`VIEW_KEY` (an experiment tag ``mlflow.sharedViewState.<key>``, listed under "Views"),
+that shows only the trial runs, sorted by the objective, with the searched params, the
+objective and the ``test_*`` metrics as columns. :func:`landing_url` is the page with both.
+
 Runs are found by these tags before any is created, so a resumed sweep (same trial ids)
 continues its runs instead of duplicating them. No run is left RUNNING after the sweep:
 an interrupted sweep leaves its unfinished runs KILLED, and resuming sets them RUNNING; a
@@ -44,6 +51,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
@@ -71,6 +79,10 @@ TRIAL_ARTIFACTS = ("summary.json", "config.yaml", "voxel_r.hf5")
 # The trial function reports this key in its final result only: without it a trial ended
 # because the scheduler stopped it.
 DONE_KEY = "done_training"
+# The saved runs-table view the landing page opens; MLflow's UI reads saved views from the
+# experiment tags named VIEW_TAG_PREFIX + key (MLflow 3 "Views" menu, shared by link).
+VIEW_KEY = "brainsweep-trials"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 
 class MLflowTracker(Callback):
@@ -313,6 +325,7 @@ class MLflowTracker(Callback):
             and _is_number(trial.last_result.get(metric))
         ]
         if finished:
+            self._save_view(sorted({key for trial in finished for key in _numbers(trial.last_result, ("test_",))}))
             choose = {"max": max, "min": min}[self.sweep["objective"]["mode"]]
             best = choose(finished, key=lambda trial: trial.last_result[metric])
             self._record_best(subject, best, {f"best_{metric}": best.last_result[metric],
@@ -373,7 +386,22 @@ class MLflowTracker(Callback):
                 if found.lifecycle_stage == "deleted":
                     self.client.restore_experiment(found.experiment_id)
                 self._experiment_id = found.experiment_id
+            self.client.set_experiment_tag(self._experiment_id, "mlflow.experimentKind", "custom_model_development")
+            self._save_view([])
         return self._experiment_id
+
+    def _save_view(self, metrics: list[str]) -> None:
+        """Save the landing view: trial runs, best objective first, with the searched params,
+        the objective and ``metrics`` as columns (saved again when the test metrics are known)."""
+        objective = self.sweep.get("objective", {})
+        columns = [f"params.`{name}`" for name in self.sweep.get("search", {})]
+        columns += [f"metrics.`{name}`" for name in dict.fromkeys([objective.get("metric"), *metrics]) if name]
+        state = {"searchFilter": "tags.`sweep.role` = 'trial'", "selectedColumns": columns}
+        if objective.get("metric"):
+            state.update(orderByKey=f"metrics.`{objective['metric']}`", orderByAsc=objective.get("mode") == "min")
+        now = int(time.time() * 1000)
+        view = {"name": f"{self._sweep_name()} trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self._experiment(), VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(view))
 
     def _parent(self, subject: str) -> str:
         if subject not in self._parents:
@@ -424,6 +452,16 @@ class MLflowTracker(Callback):
 
     def _sweep_name(self) -> str:
         return str(self.sweep.get("name", self.experiment))
+
+
+def landing_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI at ``ui_url``: model-training mode, on the saved trials view.
+
+    MLflow 3.17 takes the GenAI/model-training switch from the page's ``workflowType``
+    (default GenAI, whatever the experiment's kind tag says), so the link names it.
+    """
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def _is_number(value) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -474,3 +475,21 @@ def test_frozen_features_cache_off_writes_nothing(tiny_dataset, saved_model, tmp
     assert not cache_dir.exists()
     _, cached = FrozenFeatures(str(saved_model), spec, cache_dir=cache_dir).window_features(tiny_dataset, STORY, [1])
     np.testing.assert_array_equal(feats[1], cached[1])
+
+
+def test_an_unreachable_hub_fails_fast_with_what_to_do(monkeypatch):
+    # Loopback port 9 (discard) refuses at once: the hub is unreachable, deterministically.
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        wavlm.checkpoint_config("microsoft/wavlm-base-plus")
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "\n" not in message
+    assert all(hint in message for hint in ("save_pretrained", "model: DIR", "HF_HOME", "HF_HUB_OFFLINE")), message
+
+
+def test_a_saved_checkpoint_folder_loads_without_the_hub(monkeypatch, saved_model):
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    model = wavlm.load_wavlm(str(saved_model))
+    assert isinstance(model, WavLMModel) and model.config.num_hidden_layers == tiny_config().num_hidden_layers
