@@ -57,7 +57,8 @@ dropout            0.0                            the backbone's own dropout (at
                                                   activation, feature projection) in training;
                                                   checkpoints ship 0.1. Attention dropout
                                                   also makes CPU attention ~4x slower.
-precision          fp32                           fp32, or bf16 (autocast)
+precision          fp32                           fp32, or bf16 (autocast) in training steps;
+                                                  evaluation features are always fp32
 device             auto                           auto, cpu, cuda or cuda:N
 cnn_cache          auto                           run the frozen CNN once per story: auto, on,
                                                   off
