@@ -55,3 +55,102 @@ def test_evaluation_features_have_one_precision_at_every_epoch(small_data, tmp_p
     assert at_epoch0 == set(autocast) == {False}
     assert tuned.dtype == baseline.dtype == torch.float32
     torch.testing.assert_close(tuned, baseline, rtol=1e-4, atol=1e-5)
+
+
+class FakeCuda:
+    """``torch.cuda``'s RNG functions for ``n`` visible GPUs: GPU i's state is ``[i, i, i, i]``; restores are recorded."""
+
+    def __init__(self, monkeypatch, n: int):
+        self.n, self.restored = n, []
+        for name in ("is_available", "device_count", "get_rng_state", "set_rng_state", "get_rng_state_all",
+                     "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+
+    def is_available(self):
+        return True
+
+    def device_count(self):
+        return self.n
+
+    def _index(self, device):
+        index = torch.device(device).index if not isinstance(device, int) else device
+        index = 0 if index is None else index
+        if index >= self.n:
+            raise IndexError(f"no GPU {index} among {self.n}")
+        return index
+
+    def get_rng_state(self, device="cuda"):
+        return torch.full((4,), self._index(device), dtype=torch.uint8)
+
+    def set_rng_state(self, state, device="cuda"):
+        self.restored.append((self._index(device), state.tolist()))
+
+    def get_rng_state_all(self):
+        return [self.get_rng_state(i) for i in range(self.n)]
+
+    def set_rng_state_all(self, states):
+        for i, state in enumerate(states):
+            self.set_rng_state(state, i)
+
+
+def test_a_worker_saves_and_restores_its_own_gpus_rng_under_fewer_gpus(small_data, tmp_path, monkeypatch):
+    """Saved by a worker on cuda:2 of 4 visible GPUs, resumed on cuda:0 as the only one: its own GPU's state
+    comes back (not every GPU's, which raised IndexError under one)."""
+    trainer = Trainer(TrainConfig(**FAST), Dataset(small_data), "UTS01", tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    cuda = FakeCuda(monkeypatch, 4)
+    trainer.device = torch.device("cuda", 2)  # the model stays on the CPU: only the RNG is asked of the GPU
+    trainer._save(path)
+    cuda.n = 1
+    trainer.device = torch.device("cuda", 0)
+    trainer._load(path, restore_rng=True)
+    assert cuda.restored == [(0, [2, 2, 2, 2])]
+
+
+RESUME_RNG = """
+import json, sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from core.config import TrainConfig
+from core.dataset import Dataset
+from core.distributed import barrier
+from core.trainer import Trainer
+
+dist.init_process_group("gloo")
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+trainer = Trainer(TrainConfig(**json.loads(sys.argv[3])), Dataset(data), "UTS01", out)
+torch.manual_seed(100 + trainer.rank)
+trainer._save(out / "last.pt")
+barrier()  # written before any worker reads it
+expected = torch.rand(3).tolist()
+torch.manual_seed(0)
+trainer._load(out / "last.pt", restore_rng=True)
+(out / f"rank{trainer.rank}.json").write_text(json.dumps({"expected": expected, "got": torch.rand(3).tolist()}))
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_workers_resume_each_its_own_rng(small_data, tmp_path):
+    """Each worker of a 2-worker run draws after resuming what it would have drawn without stopping."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "resume_rng.py"
+    script.write_text(RESUME_RNG)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+                          "--master-addr=127.0.0.1", str(script), str(small_data), str(tmp_path), json.dumps(FAST)],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["expected"] != ranks[1]["expected"]
+    for rank in ranks:
+        assert rank["got"] == rank["expected"]
