@@ -154,3 +154,74 @@ def test_two_gloo_workers_resume_each_its_own_rng(small_data, tmp_path):
     assert ranks[0]["expected"] != ranks[1]["expected"]
     for rank in ranks:
         assert rank["got"] == rank["expected"]
+
+
+@pytest.fixture
+def gpu_host(monkeypatch):
+    """A host with GPUs (``torch.cuda`` says so) where Ray reserves ``reserved`` (GPU ids) for the worker.
+
+    ``ray.train.torch.get_device`` answers as Ray's does: the first reserved GPU's index among the
+    visible ones (here GPU ``3`` visible as ``cuda:1``), ``cuda:0`` when none is reserved.
+    """
+    import ray
+    import ray.train.torch
+
+    host = type("Host", (), {"reserved": [], "current": []})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", host.current.append)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: host.reserved)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cuda", 1 if host.reserved else 0))
+    return host
+
+
+def _devices_given_to_the_trainer(monkeypatch, tmp_path, settings: dict, workers: int) -> list:
+    """Run a trial's Ray side (in-process for 1 worker, a Train worker's loop for more) and return the device it passed on."""
+    from ray import train as ray_train
+    from ray import tune
+
+    from sweeper import trial
+
+    given = []
+    monkeypatch.setattr(trial, "train", lambda *args, **kwargs: given.append(args[5] if len(args) > 5 else kwargs.get("device"))
+                        or (None, 0.0))
+    monkeypatch.setattr(trial, "final_metrics", lambda summary, seconds: {})
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(tune, "report", lambda metrics: None)
+    monkeypatch.setattr(tune, "get_context", lambda: type("Context", (), {"get_trial_id": lambda self: "t0"})())
+    monkeypatch.setattr(ray_train, "report", lambda metrics: None)
+    if workers == 1:
+        trial.run_trial({"subject": "UTS01", "settings": {}}, trial.TrialPlan("data", settings, str(tmp_path)))
+    else:
+        trial._worker_loop({"config": TrainConfig.from_dict(settings).to_dict(), "data": "data", "subject": "UTS01",
+                            "out": str(tmp_path), "cpus": 1})
+    return given
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_auto_device_is_the_gpu_ray_reserved_else_the_cpu(workers, gpu_host, monkeypatch, tmp_path):
+    auto = {"device": "auto"}
+    # No GPU reserved (gpus_per_worker: 0) on a GPU host: the CPU, not cuda:0 (another trial's, or nobody's).
+    assert _devices_given_to_the_trainer(monkeypatch, tmp_path, auto, workers) == [torch.device("cpu")]
+    assert gpu_host.current == []
+    gpu_host.reserved = [3]
+    assert _devices_given_to_the_trainer(monkeypatch, tmp_path, auto, workers) == [torch.device("cuda", 1)]
+    assert gpu_host.current == [torch.device("cuda", 1)]
+
+
+@pytest.mark.parametrize("device, resources, expected", [
+    ("cuda:1", {"workers": 2, "gpus_per_worker": 1}, "device: cuda:1 with 2 workers"),
+    ("auto", {"workers": 2, "gpus_per_worker": 0.5}, "resources.gpus_per_worker: 0.5 with 2 workers"),
+    ("cuda", {"workers": 1, "gpus_per_worker": 0}, "device: cuda with resources.gpus_per_worker: 0"),
+])
+def test_devices_the_resources_cannot_give_fail_before_the_sweep(device, resources, expected, tiny_data, tmp_path):
+    from core.errors import ConfigError
+    from sweeper.launch import check_trials
+    from sweeper.space import parse_spec
+
+    spec = parse_spec({"data": str(tiny_data), "fixed": {"readout_layer": 3, "device": device}, "resources": resources},
+                      "space.yaml")
+    with pytest.raises(ConfigError, match=rf"^space\.yaml: {expected}"):
+        check_trials(spec, tiny_data, ["UTS01"])
+    ok = parse_spec({"data": str(tiny_data), "fixed": {"readout_layer": 3, "device": "auto"},
+                     "resources": {"workers": 2, "gpus_per_worker": 1}}, "space.yaml")
+    check_trials(ok, tiny_data, ["UTS01"])
