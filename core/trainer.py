@@ -20,8 +20,8 @@ The run, in order (:meth:`Trainer.fit`):
    stories (``tuned_readout``) and the study measures of :mod:`core.studies`.
 
 Checkpoints (``OUT/checkpoints/last.pt`` and ``best.pt``) hold only what changes: the
-trainable weights, normalisation statistics, optimiser state, every worker's RNG states (its own GPU's), the epoch, the
-history and the baseline and best test evaluations. A run started again on the same
+trainable weights, normalisation statistics, optimiser state, every worker's RNG states (its
+own GPU's), the epoch, the history and the baseline and best test evaluations. A run started again on the same
 ``OUT`` with the same settings resumes from ``last.pt`` and gives the same numbers as an
 uninterrupted run (on CPU); where it runs (``device``) is not part of a run's identity.
 

@@ -174,7 +174,7 @@ def reserved_device(setting: str):
 
 
 def device_problem(device: str, workers: int, gpus_per_worker: float) -> str | None:
-    """Why a trial with ``device`` cannot train on ``workers`` workers of ``gpus_per_worker`` GPUs each; None if it can."""
+    """Why a trial with ``device`` cannot train on ``workers`` workers of ``gpus_per_worker`` GPUs each (or None)."""
     if workers > 1 and gpus_per_worker % 1:
         return (f"resources.gpus_per_worker: {gpus_per_worker:g} with {workers} workers puts two workers on one GPU, "
                 "which NCCL refuses; give each worker whole GPUs (e.g. 1), or use 1 worker")

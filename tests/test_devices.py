@@ -58,7 +58,7 @@ def test_evaluation_features_have_one_precision_at_every_epoch(small_data, tmp_p
 
 
 class FakeCuda:
-    """``torch.cuda``'s RNG functions for ``n`` visible GPUs: GPU i's state is ``[i, i, i, i]``; restores are recorded."""
+    """``torch.cuda``'s RNG functions for ``n`` visible GPUs: GPU i's state is ``[i, i, i, i]``; restores recorded."""
 
     def __init__(self, monkeypatch, n: int):
         self.n, self.restored = n, []
@@ -175,15 +175,14 @@ def gpu_host(monkeypatch):
 
 
 def _devices_given_to_the_trainer(monkeypatch, tmp_path, settings: dict, workers: int) -> list:
-    """Run a trial's Ray side (in-process for 1 worker, a Train worker's loop for more) and return the device it passed on."""
+    """Run a trial's Ray side (in-process for 1 worker, a Train worker's loop for more); the device it passed on."""
     from ray import train as ray_train
     from ray import tune
 
     from sweeper import trial
 
     given = []
-    monkeypatch.setattr(trial, "train", lambda *args, **kwargs: given.append(args[5] if len(args) > 5 else kwargs.get("device"))
-                        or (None, 0.0))
+    monkeypatch.setattr(trial, "train", lambda *args, **kwargs: given.append(args[5]) or (None, 0.0))
     monkeypatch.setattr(trial, "final_metrics", lambda summary, seconds: {})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     monkeypatch.setattr(tune, "report", lambda metrics: None)
