@@ -3,7 +3,6 @@ of evaluation features (issue 19). The ``meta`` device stands for a GPU: a CPU t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
