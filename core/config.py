@@ -57,7 +57,8 @@ dropout            0.0                            the backbone's own dropout (at
                                                   activation, feature projection) in training;
                                                   checkpoints ship 0.1. Attention dropout
                                                   also makes CPU attention ~4x slower.
-precision          fp32                           fp32, or bf16 (autocast)
+precision          fp32                           fp32, or bf16 (autocast) in training steps;
+                                                  evaluation features are always fp32
 device             auto                           auto, cpu, cuda or cuda:N
 cnn_cache          auto                           run the frozen CNN once per story: auto, on,
                                                   off
@@ -66,7 +67,7 @@ batch_windows      64                             windows per forward pass in ev
 test_stories       null                           held-out test stories; null = paper split
 val_stories        null                           validation stories; null = paper split
 ridge_backend      numpy                          himalaya backend of the ridge fits: numpy,
-                                                  torch, torch_cuda, torch_mps, cupy
+                                                  torch, torch_cuda, torch_mps
 norm_momentum      0.01                           momentum of the running feature
                                                   normalisation, in (0, 1]
 transfer_to        []                             other subjects scored on this run's tuned
@@ -147,7 +148,8 @@ READOUT_INITS = ("ridge", "random")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 SUBJECT_STEPS = ("joint", "interleaved")
-RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
+# The backends core.ridge computes on (its torch_device); cupy is himalaya's but not ours.
+RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps")
 # Word-level probe target families (core.probes), and the prefix of the semantic one.
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
 SEMANTIC_PROBE = "semantic:"

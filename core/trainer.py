@@ -20,8 +20,8 @@ The run, in order (:meth:`Trainer.fit`):
    stories (``tuned_readout``) and the study measures of :mod:`core.studies`.
 
 Checkpoints (``OUT/checkpoints/last.pt`` and ``best.pt``) hold only what changes: the
-trainable weights, normalisation statistics, optimiser state, RNG states, the epoch, the
-history and the baseline and best test evaluations. A run started again on the same
+trainable weights, normalisation statistics, optimiser state, every worker's RNG states (its
+own GPU's), the epoch, the history and the baseline and best test evaluations. A run started again on the same
 ``OUT`` with the same settings resumes from ``last.pt`` and gives the same numbers as an
 uninterrupted run (on CPU); where it runs (``device``) is not part of a run's identity.
 
@@ -72,7 +72,7 @@ from .wavlm import load_wavlm
 
 __all__ = ["Trainer", "epoch_blocks", "improves", "resolve_device", "seed_everything"]
 
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4  # 4: one RNG entry per worker
 
 #: Prepared story inputs (audio, frozen CNN output, targets) kept between uses, in bytes.
 INPUT_CACHE_BYTES = 2**30
@@ -88,6 +88,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_states(device: torch.device) -> dict:
+    """This process's RNG states: Python's, numpy's, torch's CPU generator and ``device``'s own GPU generator."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng_states(states: dict, device: torch.device) -> None:
+    """Set the RNG states of :func:`rng_states`; a GPU state goes to ``device``, whichever GPU it was saved on."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def epoch_blocks(stories: dict[str, int], block_trs: int, seed: int, epoch: int) -> list[tuple[str, int, int]]:
@@ -283,7 +298,14 @@ class Trainer:
                               batch_windows=self.config.batch_windows)
 
     def window_vectors(self, stories, frozen: FrozenFeatures | None = None) -> dict[str, torch.Tensor]:
-        """Window vectors (n_windows, hidden_size) of ``stories``: the current model's, or ``frozen``'s."""
+        """Window vectors (n_windows, hidden_size) of ``stories``: the current model's, or ``frozen``'s (on the CPU).
+
+        Always in float32, whatever ``precision`` trains with: ``frozen``'s (epoch 0's, and
+        the pretrained side of the studies) come from the fp32 disk cache that every trial
+        and :mod:`core.baseline` share, so the current model's are computed in fp32 too;
+        ``best_epoch`` and the gain then compare models, not precisions. Evaluation is
+        forward-only, so fp32 costs little next to training.
+        """
         out = {}
         training = self.model.training
         self.model.eval()  # no adapter dropout, no layer drop
@@ -291,12 +313,13 @@ class Trainer:
             for story in stories:
                 if frozen is not None:
                     _, layers = frozen.window_features(self.dataset, story, self.model.readout_layers)
+                    # Mixed by the learned layer weights, on the model's device.
+                    layers = {k: torch.from_numpy(v).to(self.model.device) for k, v in layers.items()}
                     with torch.no_grad():
-                        out[story] = self.model.mix_layers({k: torch.from_numpy(v) for k, v in layers.items()}).cpu()
+                        out[story] = self.model.mix_layers(layers).cpu()
                 else:
-                    with self._autocast():
-                        out[story] = self.model.all_window_features(self.story_input(story, targets=False),
-                                                                    self.config.batch_windows).float().cpu()
+                    out[story] = self.model.all_window_features(self.story_input(story, targets=False),
+                                                                self.config.batch_windows).cpu()
         finally:
             self.model.train(training)
         return out
@@ -466,6 +489,8 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
 
     def _save(self, path: Path) -> None:
+        # Every worker's own RNG states (rank -> states), so that each resumes exactly; every worker calls _save.
+        rng = gather_to_first({self.rank: rng_states(self.device)})
         if self.rank != 0:
             return
         state = {
@@ -475,8 +500,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": {k: v.cpu() for k, v in self.model.trainable_state().items()},
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": rng,
             "history": self.history,
             "best": self.best,
             "evaluations": {name: vars(result) for name, result in self.evaluations.items()},
@@ -486,18 +510,23 @@ class Trainer:
     def _load(self, path: Path, restore_rng: bool) -> dict:
         # On the CPU first: RNG states must be CPU tensors, and the run may have moved to another device.
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"{path}: a checkpoint of version {state.get('version')}, this version reads "
+                              f"{CHECKPOINT_VERSION}; use another --out, or remove it to start over")
         if state.get("identity") != self.config.identity() or state["subject"] != self.subject:
             raise ConfigError(f"{path}: holds a run with other settings; use another --out, or remove it to start over")
         self.model.load_trainable_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
         self.evaluations = {name: Evaluation(**values) for name, values in state["evaluations"].items()}
-        if restore_rng:
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if restore_rng and len(state["rng"]) == self.world:
+            restore_rng_states(state["rng"][self.rank], self.device)
+        elif restore_rng:
+            # Another number of workers shares each step's blocks otherwise: the run cannot be exact anyway.
+            self.progress(f"{path}: saved by {len(state['rng'])} workers, resumed by {self.world}: each worker's "
+                          "random numbers start again from the run's seed, the epoch and its rank, so the "
+                          "numbers differ from an uninterrupted run's")
+            seed_everything(int(np.random.SeedSequence([self.config.seed, self.epoch, self.rank]).generate_state(1)[0]))
         return state
 
     # -- the run ------------------------------------------------------------------------

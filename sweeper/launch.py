@@ -51,8 +51,9 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     """Sample configurations of the space and check each against its model and the subjects' data.
 
     Catches impossible combinations (e.g. a LoRA layer above the read-out layer, an ROI a
-    subject lacks, a layer a searched ``model`` does not have) and studies that cannot run
-    (probes of stories without a readable TextGrid, each read once) before any trial starts.
+    subject lacks, a layer a searched ``model`` does not have, a ``device`` the
+    ``resources`` cannot give every worker) and studies that cannot run (probes of stories
+    without a readable TextGrid, each read once) before any trial starts.
     ``model`` may be searched across families (``model: {choice: [...]}``); give each its
     own layers with ``when: {model: ...}``. Every checkpoint is read (config only) once.
     """
@@ -63,6 +64,7 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     from core.wavlm import checkpoint_config
 
     from .space import SearchSpace, train_config
+    from .trial import device_problem
 
     dataset = Dataset(data)
     layers_of: dict[str, int] = {}
@@ -97,6 +99,9 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
         for subject in subjects if config.probes else ():
             split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
             probed.update(dict.fromkeys((*split.train, *split.test)))
+        problem = device_problem(config.device, spec.workers, spec.gpus_per_worker)
+        if problem:
+            raise ConfigError(f"{spec.source}: {problem}")
         model = config.model or str(data / "pretrained")
         for subject, (rois, trs) in info.items():
             try:

@@ -161,6 +161,41 @@ def train(config: TrainConfig, data: str, subject: str, out: Path, report, devic
     return summary, seconds
 
 
+def reserved_device(setting: str):
+    """Where this Ray worker (a trial's own process, or a Ray Train worker) trains: a torch device, or None.
+
+    ``device: auto`` takes the GPU that Ray reserved for the worker (``resources.gpus_per_worker``),
+    made the worker's current CUDA device, or the CPU when Ray reserved none: a GPU that Ray
+    did not reserve may be another trial's. Any other setting is left to the trainer (None).
+    """
+    import ray
+    import torch
+
+    if setting != "auto":
+        return None
+    if not ray.get_gpu_ids():
+        return torch.device("cpu")
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()  # the reserved GPU's index among the visible ones
+    torch.cuda.set_device(device)
+    return device
+
+
+def device_problem(device: str, workers: int, gpus_per_worker: float) -> str | None:
+    """Why a trial with ``device`` cannot train on ``workers`` workers of ``gpus_per_worker`` GPUs each (or None)."""
+    if workers > 1 and gpus_per_worker % 1:
+        return (f"resources.gpus_per_worker: {gpus_per_worker:g} with {workers} workers puts two workers on one GPU, "
+                "which NCCL refuses; give each worker whole GPUs (e.g. 1), or use 1 worker")
+    if workers > 1 and device.startswith("cuda"):
+        return (f"device: {device} with {workers} workers puts every worker on the same GPU; use device: auto "
+                "(each worker takes the GPU Ray reserved for it)")
+    if device.startswith("cuda") and not gpus_per_worker:
+        return (f"device: {device} with resources.gpus_per_worker: 0 trains on a GPU that Ray did not reserve "
+                "(concurrent trials share it); set gpus_per_worker (e.g. 1) and device: auto")
+    return None
+
+
 def _node_id() -> str:
     import ray
 
@@ -208,7 +243,7 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
         summary, seconds = done
     elif plan.workers <= 1:
         torch.set_num_threads(max(1, math.floor(plan.cpus_per_worker)))
-        summary, seconds = train(train_cfg, plan.data, subject, out, tune.report)
+        summary, seconds = train(train_cfg, plan.data, subject, out, tune.report, reserved_device(train_cfg.device))
     else:
         summary, seconds = _run_distributed(train_cfg, plan, subject, out, trial_id)
     tune.report(final_metrics(summary, seconds))
@@ -218,17 +253,13 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
 def _worker_loop(loop_config: dict) -> None:
     """Ray Train worker: the same trainer, one shard of the blocks per worker."""
     import ray.train
-    import ray.train.torch
     import torch
 
     torch.set_num_threads(max(1, math.floor(loop_config["cpus"])))
     config = TrainConfig.from_dict(loop_config["config"])
-    device = None
-    if config.device == "auto" and torch.cuda.is_available():
-        # This worker's own GPU; where a run trains is not part of its identity (TrainConfig.identity).
-        device = ray.train.torch.get_device()
-        torch.cuda.set_device(device)
-    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report, device)
+    # This worker's own GPU; where a run trains is not part of its identity (TrainConfig.identity).
+    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report,
+          reserved_device(config.device))
 
 
 def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Path, trial_id: str):

@@ -75,13 +75,22 @@ def test_readout_layers_set_readout_layer():
     ("context", 0), ("chunk", -0.25), ("stride", 0), ("layerdrop", 1), ("dropout", 1),
     ("precision", "fp16"), ("device", "gpu"), ("device", "cuda:x"), ("cnn_cache", "maybe"),
     ("batch_windows", 0), ("test_stories", []), ("val_stories", ["a", "a"]),
-    ("ridge_backend", "jax"), ("norm_momentum", 0), ("norm_momentum", 1.5),
+    ("ridge_backend", "jax"), ("ridge_backend", "cupy"), ("norm_momentum", 0), ("norm_momentum", 1.5),
 ])
 def test_invalid_value_names_the_setting(name, value):
     with pytest.raises(ConfigError, match=rf"^run\.yaml: {name}: .*\(got .*; expected .*\)$"):
         TrainConfig.from_dict({name: value}, source="run.yaml")
     with pytest.raises(ConfigError, match=rf"^{name}: "):
         TrainConfig(**{name: value})
+
+
+def test_every_accepted_ridge_backend_is_one_the_ridge_fits_run_on():
+    """A backend that passes validation but that core.ridge cannot run (cupy) failed every trial at epoch 0."""
+    from core.config import RIDGE_BACKENDS
+    from core.ridge import torch_device
+
+    for backend in RIDGE_BACKENDS:
+        torch_device(backend)
 
 
 def test_test_and_val_stories_must_not_overlap():
