@@ -72,7 +72,8 @@ def test_oracle_adapters_close_the_gap_through_the_trainers_pipeline(tiny_data, 
     r = {name: np.nanmean(ridge_test_r(trainer, vectors)[high])
          for name, vectors in (("frozen", frozen), ("teacher", taught), ("oracle", oracle))}
     assert r["teacher"] - r["frozen"] > 0.02
-    assert abs((r["oracle"] - r["frozen"]) / (r["teacher"] - r["frozen"]) - 1) < 0.02
+    closed = (r["oracle"] - r["frozen"]) / (r["teacher"] - r["frozen"])
+    assert abs(closed - 1) < 0.02, f"the oracle adapters close {closed:.0%} of the gap (frozen, teacher, oracle r: {r})"
 
     # The alignment at the start: after epoch 0 (the frozen-ridge readout), the descent
     # direction on the frozen vectors leans towards the teacher's, if weakly.
