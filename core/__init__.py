@@ -20,6 +20,8 @@ metrics      per-voxel and spatial correlation, ROI summaries, noise ceiling
 ridge        ridge regression with per-voxel alphas, streamed over voxel blocks
 evaluation   the ridge protocol on held-out stories: one path for baseline, trainer and transfer
 trainer      the training loop, its per-epoch evaluation, checkpoints, data parallelism
+readout_init where the readout starts: the ridge map of an epoch's features, plain or whitened
+recovery_checks  planted data: the oracle adapters and the readout's alignment, before training
 studies      cross-subject transfer and word-level probes of a tuned model
 distributed  the collectives the trainer needs inside a torch.distributed process group
 synth        the planted-teacher synthetic dataset

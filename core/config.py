@@ -47,6 +47,15 @@ loss               spatial                        spatial (correlation across vo
 roi_weights        {}                             ROI name -> loss weight; ``rest`` = voxels in
                                                   no named ROI; {} = whole cortex, equally
 readout_init       ridge                          ridge (from the epoch-0 ridge fit) or random
+readout_refit      never                          never, or epoch: the readout is set again
+                                                  from every epoch's ridge fit (readout_init
+                                                  ridge), so it weighs the feature directions
+                                                  training has moved (core.readout_init)
+readout_whiten     0.0                            > 0: the ridge readout is fitted on whitened
+                                                  features (this shrinkage; smaller whitens
+                                                  more), so low-variance feature directions
+                                                  get weight and gradient (core.readout_init);
+                                                  0 = the plain ridge map
 seed               0                              seed of every random choice of the run
 delays             [1, 2, 3, 4]                   FIR delays in TRs
 context            3.75                           seconds of audio before each window's chunk
@@ -145,6 +154,7 @@ from .errors import ConfigError
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 LOSSES = ("spatial", "temporal", "mse")
 READOUT_INITS = ("ridge", "random")
+READOUT_REFITS = ("never", "epoch")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 SUBJECT_STEPS = ("joint", "interleaved")
@@ -185,6 +195,8 @@ class TrainConfig:
     loss: str = "spatial"
     roi_weights: dict[str, float] = field(default_factory=dict)
     readout_init: str = "ridge"
+    readout_refit: str = "never"
+    readout_whiten: float = 0.0
     seed: int = 0
     delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     context: float = 3.75
@@ -380,6 +392,13 @@ class TrainConfig:
                 "has no positive weight", "at least one weight > 0, or {} for the whole cortex")
         require(self.readout_init in READOUT_INITS, "readout_init", "is not a known initialisation",
                 " or ".join(READOUT_INITS))
+        require(self.readout_refit in READOUT_REFITS, "readout_refit", "is not a known choice",
+                " or ".join(READOUT_REFITS))
+        require(self.readout_whiten >= 0, "readout_whiten", "is negative",
+                "a shrinkage > 0 (such as 0.1), or 0 for the plain ridge map")
+        require(self.readout_init == "ridge" or (self.readout_refit == "never" and self.readout_whiten == 0),
+                "readout_init", "is not ridge, but readout_refit or readout_whiten sets the ridge readout",
+                "readout_init: ridge, or readout_refit: never and readout_whiten: 0")
         require(self.seed >= 0, "seed", "is negative", "an integer >= 0")
         require(len(self.delays) >= 1, "delays", "is empty", "delays in TRs such as [1, 2, 3, 4]")
         require(min(self.delays) >= 0 and len(set(self.delays)) == len(self.delays), "delays",

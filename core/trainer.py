@@ -68,6 +68,7 @@ from .features import WindowSpec
 from .loss import loss_fn, voxel_weights
 from .model import BrainModel, StoryInput, adapt, readout_prediction, ridge_as_linear
 from .outputs import atomic_write
+from .readout_init import whitened_ridge_map
 from .wavlm import load_wavlm
 
 __all__ = ["Trainer", "epoch_blocks", "improves", "resolve_device", "seed_everything"]
@@ -359,8 +360,8 @@ class Trainer:
             fit, scored = ridge_evaluation(features, self.dataset, m.name, m.split.train,
                                            {"val": m.split.val, "test": m.split.test}, seed=self.config.seed,
                                            backend=self.config.ridge_backend, progress=self.progress)
-            if epoch == 0 and self.config.readout_init == "ridge":
-                readout.set_linear(*ridge_as_linear(fit, m.outputs))
+            if self.config.readout_init == "ridge" and (epoch == 0 or self.config.readout_refit == "epoch"):
+                self._set_readout(readout, fit, features, m)
             del fit
             tests[m.name] = scored["test"]
             if "val" in scored:
@@ -372,6 +373,18 @@ class Trainer:
             r = prediction_r(self._readout_prediction(self.split.val, vectors), self.dataset, self.subject, self.split.val)
             record["val_readout_r"] = weighted_mean_r(r, self.weights)
         return record, tests
+
+    def _set_readout(self, readout, fit, features: dict[str, np.ndarray], m: Member) -> None:
+        """Set a subject's readout from the epoch's ridge ``fit``, or (``readout_whiten``) a ridge on whitened features."""
+        if self.config.readout_whiten > 0:
+            weight, bias = whitened_ridge_map(features, self.dataset, m.name, m.split.train, m.outputs,
+                                              self.config.readout_whiten, seed=self.config.seed,
+                                              backend=self.config.ridge_backend)
+        else:
+            weight, bias = ridge_as_linear(fit, m.outputs)
+        readout.set_linear(weight, bias)
+        for p in readout.parameters():  # AdamW's moments belong to the map that was replaced
+            self.optimizer.state.pop(p, None)
 
     def _joint_val_r(self, by_subject: dict[str, float]) -> float:
         """The subjects' validation r, mean weighted by their ``subject_weights`` (those of weight 0 left out)."""
@@ -389,6 +402,8 @@ class Trainer:
             record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(time.time() - started, 2)}
         del vectors
         record = broadcast(record)
+        if epoch > 0 and self.config.readout_refit == "epoch":
+            broadcast_([p.data for readout in self.model.readouts() for p in readout.parameters()])
         self.history.append(record)
         self.epoch = epoch
         if epoch == 0 and tests is not None:

@@ -70,7 +70,7 @@ def test_readout_layers_set_readout_layer():
     ("epochs", -1), ("block_trs", 0), ("bottleneck", -1), ("loss", "l1"),
     ("roi_weights", {"AC": -1}), ("roi_weights", {"AC": 0, "rest": 0}), ("roi_weights", [1]),
     ("roi_weights", {"AC": "heavy"}),
-    ("readout_init", "zeros"), ("seed", -1),
+    ("readout_init", "zeros"), ("readout_refit", "often"), ("readout_whiten", -0.1), ("seed", -1),
     ("delays", []), ("delays", [-1, 1]), ("delays", [1, 1]),
     ("context", 0), ("chunk", -0.25), ("stride", 0), ("layerdrop", 1), ("dropout", 1),
     ("precision", "fp16"), ("device", "gpu"), ("device", "cuda:x"), ("cnn_cache", "maybe"),
