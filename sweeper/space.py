@@ -357,7 +357,7 @@ class SearchSpace:
                 encoded = trial.suggest_categorical(p.name, [_encode(c) for c in p.values])
                 v = copy.deepcopy(next(c for c in p.values if _encode(c) == encoded))
             else:
-                top = values.get("readout_layer", TrainConfig().readout_layer)
+                top = read_out_layer(values)
                 depth = trial.suggest_int("lora_depth", p.values[0], max(p.values[0], min(p.values[1], top)))
                 v = list(range(max(1, top - depth + 1), top + 1))
             if p.setting in settings:
@@ -367,6 +367,16 @@ class SearchSpace:
             values[p.setting] = v
             settings[p.setting] = v
         return {"settings": settings}
+
+
+def read_out_layer(values: dict) -> int:
+    """The read-out layer of fixed or sampled ``values``: as TrainConfig derives it (the
+    maximum of ``readout_layers`` when only they are given), so top_layers end there."""
+    if values.get("readout_layer") is not None:
+        return values["readout_layer"]
+    if values.get("readout_layers"):
+        return max(values["readout_layers"])
+    return TrainConfig().readout_layer
 
 
 def optuna_point(spec: SweepSpec, point: dict) -> dict:

@@ -31,8 +31,10 @@ def test_shipped_spaces_are_valid_and_sample_valid_configs(path):
         assert set(optuna_point(spec, point)) <= {p.name for p in spec.params} | {"lora_depth"}
 
 
-def test_top_layers_end_at_the_readout_layer():
-    spec = load_spec_from({**GOOD, "search": {"lora_layers": {"top_layers": [1, 3]}}})
+@pytest.mark.parametrize("fixed", [{"readout_layer": 3}, {"readout_layers": [2, 3]}], ids=["layer", "layers"])
+def test_top_layers_end_at_the_readout_layer(fixed):
+    # With readout_layers alone, the read-out layer is their maximum (not the default 9).
+    spec = load_spec_from({**GOOD, "fixed": fixed, "search": {"lora_layers": {"top_layers": [1, 3]}}})
     seen = set()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(30):
