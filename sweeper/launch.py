@@ -335,7 +335,10 @@ def mlflow_ui_hint(tracking_uri: str, experiment: str) -> str:
 
     from .tracking import landing_url
 
-    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - MLflow down (sweeper.sync records the runs later): the hint still helps
+        found = None
     if tracking_uri.startswith("sqlite:"):
         ui_url = "http://127.0.0.1:5000"
         command = f"{sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
