@@ -18,6 +18,17 @@ quiet_libraries()
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine torch's
+    thread pool makes their many small ops ~100x slower (seen: story_cnn 0.02 s -> 4 s).
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def feature_cache(tmp_path_factory):
     """Keep the frozen-feature cache of the tests out of the user's home."""

@@ -68,12 +68,7 @@ def audio(seconds: float, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.clip(0.3 * rng.standard_normal(int(seconds * 16000)), -1, 1).astype(np.float32))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.mark.parametrize("family,stable", [(family, stable) for family in sorted(FAMILIES) for stable in (False, True)

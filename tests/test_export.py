@@ -28,12 +28,7 @@ from tests.test_backbones import audio, tiny
 LAYER = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def trained_run(family: str, data, tmp_path) -> tuple[Trainer, str]:

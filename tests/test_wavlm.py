@@ -64,14 +64,7 @@ def random_audio(seconds: float, seed: int = 0) -> np.ndarray:
     return np.clip(0.3 * rng.standard_normal(int(seconds * SAMPLE_RATE)), -1, 1).astype(np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine torch's
-    thread pool makes their many small ops ~100x slower (seen: story_cnn 0.02 s -> 4 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
