@@ -2,7 +2,7 @@
 
 On a planted-teacher dataset (``core.synth`` size ``multi``: the default sweep's ``demo``
 with a third subject) every subject's responses come from one teacher, so each subject is more
-evidence about the same planted change. Four ``core.trainer.Trainer`` runs with the
+evidence about the same planted change. Four ``core.tuning.trainer.Trainer`` runs with the
 fixed settings of search_spaces/multi_subject.yaml (the demo's, LoRA on the planted layer,
 4 epochs):
 
@@ -57,8 +57,8 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
 
     from core.cli import quiet_libraries
     from core.config import TrainConfig
-    from core.dataset import Dataset
-    from core.trainer import Trainer
+    from core.data.dataset import Dataset
+    from core.tuning.trainer import Trainer
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -77,7 +77,7 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
 
 def main(argv=None) -> None:
     from core.config import TrainConfig
-    from core.synth import SIZES, generate
+    from core.synthetic import SIZES, generate
     from sweeper.launch import teacher_ridge
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,7 +11,7 @@ Each run below is a real ``python -m core.train`` on that data; its **tuned** nu
 paper's protocol (ridge refit on the tuned model's features). ``gap closed`` is
 ``(tuned - frozen) / (teacher - frozen)`` on the high voxels. All three numbers come from
 one pipeline: the trainer's ridge (epoch 0 and the tuned refit) z-scores each story's
-features like :func:`core.baseline.run_baseline`, so its epoch-0 ridge *is* the frozen
+features like :func:`core.encoding.baseline.run_baseline`, so its epoch-0 ridge *is* the frozen
 reference; the table's ``offset`` column (trainer's epoch 0 minus frozen, high voxels)
 shows it, and a non-zero offset means the two pipelines have drifted apart. The runs:
 
@@ -44,10 +44,10 @@ import numpy as np
 
 from core.cli import quiet_libraries
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.baseline import run_baseline
-from core.features import WindowSpec
-from core.synth import GROUPS, SIZES, generate
+from core.data.dataset import Dataset
+from core.encoding.baseline import run_baseline
+from core.encoding.features import WindowSpec
+from core.synthetic import GROUPS, SIZES, generate
 
 RUNS = {
     "lora": {},

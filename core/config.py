@@ -78,7 +78,7 @@ transfer_fractions [1.0]                          data efficiency: shares of eac
                                                   readouts see (nested subsets, >= 2
                                                   stories), tuned vs pretrained features
 probes             []                             word-level probe targets scored at the end
-                                                  (core.probes): acoustic, semantic:<GloVe
+                                                  (core.studies.probes): acoustic, semantic:<GloVe
                                                   file>, planted, unchanged (synthetic data)
 probe_layers       null                           layers probed; null = 1..readout_layer
 subjects           []                             several subjects, one backbone: the subjects
@@ -139,7 +139,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 LOSSES = ("spatial", "temporal", "mse")
@@ -148,7 +148,7 @@ PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 SUBJECT_STEPS = ("joint", "interleaved")
 RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
-# Word-level probe target families (core.probes), and the prefix of the semantic one.
+# Word-level probe target families (core.studies.probes), and the prefix of the semantic one.
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
 SEMANTIC_PROBE = "semantic:"
 REST = "rest"  # the roi_weights key for voxels in no named ROI

@@ -17,7 +17,8 @@ resumes an interrupted run where it stopped. Settings are documented in
 :mod:`core.config`.
 
 Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.train ...``
-(gloo on CPU, NCCL with one GPU per process; see :mod:`core.trainer`).
+(gloo on CPU, NCCL with one GPU per process; see :mod:`core.tuning.trainer`). The run itself is
+:func:`core.run.run`.
 """
 
 from __future__ import annotations
@@ -28,28 +29,11 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from .cli import progress, run
-from .config import TrainConfig
-from .dataset import Dataset
-from .outputs import atomic_write, write_json, write_voxel_results
-from .trainer import Trainer
-
-
-def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
-    """Results files, each written to a temporary name first so none is ever half-written."""
-    results = trainer.results
-    arrays = {"baseline_r": results["baseline"].r, "tuned_r": results["tuned"].r,
-              "tuned_readout_r": results["tuned_readout"].r}
-    if results["tuned"].ceiling is not None:
-        arrays["ceiling"] = results["tuned"].ceiling
-    for name, write in [
-        ("voxel_r.hf5", lambda p: write_voxel_results(p, arrays, {"config": summary["config"], "subject": summary["subject"]})),
-        ("config.yaml", lambda p: p.write_text(yaml.safe_dump(summary["config"], sort_keys=False))),
-        ("summary.json", lambda p: write_json(p, summary)),
-    ]:
-        atomic_write(out / name, write)
+from core.cli import progress, run
+from core.config import TrainConfig
+from core.data.dataset import Dataset
+from core.run import run as run_training
 
 
 def _join_torchrun(config: TrainConfig) -> torch.device | None:
@@ -80,12 +64,10 @@ def main(argv=None) -> int:
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)
     device = _join_torchrun(config)
-    trainer = Trainer(config, dataset, args.subject, args.out, progress=progress, device=device)
-    summary = trainer.fit()
-    if summary is None:  # another data-parallel worker: rank 0 writes the results
+    result = run_training(config, dataset, args.subject, args.out, progress=progress, device=device)
+    if result is None:  # another data-parallel worker: rank 0 writes the results
         return 0
-    out = Path(args.out)
-    write_results(out, trainer, summary)
+    summary, out = result.summary, Path(args.out)
     for name in ("baseline", "tuned", "tuned_readout"):
         s = summary[name]
         rois = ", ".join(f"{k} {v:.3f}" for k, v in s["roi_mean_r"].items())

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from core.dataset import Dataset
+from core.data.dataset import Dataset
 from core.errors import ConfigError
-from core.trainer import Trainer
+from core.tuning.trainer import Trainer
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=1, lr=3e-3, readout_lr=1e-3, bottleneck=16, lora_dropout=0.0,
             device="cpu")

@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 
 from benchmarks import planted_recovery
-from core.dataset import Dataset
-from core.features import WindowSpec
+from core.data.dataset import Dataset
+from core.encoding.features import WindowSpec
 
 
 def test_references_are_the_trainers_pipeline_and_the_control_does_not_leak(tiny_data, tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_references_are_the_trainers_pipeline_and_the_control_does_not_leak(tiny
     # The truth's headroom on the planted voxels (tests/test_synth.py measures it alike).
     assert ref["teacher"]["high"] - ref["frozen"]["high"] > 0.02
 
-    # One pipeline: the trainer's epoch-0 ridge is core.baseline's frozen ridge, voxel for
+    # One pipeline: the trainer's epoch-0 ridge is core.encoding.baseline's frozen ridge, voxel for
     # voxel (a one-TR shift or another normalisation in either breaks this).
     frozen = planted_recovery.reference(tiny_data, "UTS01", 3, WindowSpec(context=0.75, stride=1.0))["frozen"]
     nan = Dataset(tiny_data).nan_voxels("UTS01")

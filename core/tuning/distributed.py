@@ -1,7 +1,7 @@
 """Data parallelism for the trainer: which worker am I, and the few collectives it needs.
 
 Inside a ``torch.distributed`` process group (Ray Train sets one up: gloo on CPU, NCCL on
-GPU) every worker runs the same :class:`core.trainer.Trainer`. Gradients are averaged by
+GPU) every worker runs the same :class:`core.tuning.trainer.Trainer`. Gradients are averaged by
 ``DistributedDataParallel``; what DDP does not cover lives here: the normalisation
 statistics of a step (:func:`all_reduce_mean`), the per-epoch features, which each worker
 computes for its share of the stories and rank 0 collects (:func:`gather_to_first`), and
