@@ -138,12 +138,12 @@ def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: 
     """The model, its optimiser, a prepared synthetic story and the config, as the trainer has them."""
     from transformers import WavLMConfig, WavLMModel
 
+    from core.backbones import adapt
+    from core.backbones import load_backbone
     from core.config import TrainConfig
     from core.encoding.features import WindowSpec
-    from core.backbones import adapt
-    from core.tuning.model import BrainModel
     from core.synthetic import story_duration, tr_times
-    from core.backbones import load_backbone
+    from core.tuning.model import BrainModel
 
     torch.manual_seed(0)
     wavlm_config = WavLMConfig(**SIZES[size])

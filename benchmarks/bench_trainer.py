@@ -61,9 +61,9 @@ def make_dataset(root: Path, size: str, n_voxels: int, n_trs: int) -> None:
 
 def bare_step(trainer, inp, start: int, stop: int) -> None:
     """The minimal computation of one step (see the module docstring), forward and backward."""
+    from core.backbones import conv_output_length, encode, frame_hop
     from core.encoding.features import delay_features
     from core.tuning.loss import loss_fn
-    from core.backbones import conv_output_length, encode, frame_hop
 
     model = trainer.model
     delays = model.delays

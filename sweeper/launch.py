@@ -58,9 +58,9 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     """
     import optuna
 
-    from core.studies import probes
-    from core.data.dataset import Dataset
     from core.backbones import checkpoint_config
+    from core.data.dataset import Dataset
+    from core.studies import probes
 
     from .space import SearchSpace, train_config
 
@@ -212,8 +212,8 @@ def teacher_ridge(data: Path, subject: str, config: dict, progress=progress) -> 
     pretrained one) at the trial's read-out layer, windows, delays and split. Cached in
     ``truth/teacher_ridge.json``, one entry per subject and setting.
     """
-    from core.encoding.baseline import run_baseline
     from core.data.dataset import Dataset
+    from core.encoding.baseline import run_baseline
     from core.encoding.features import WindowSpec
 
     settings = {"subject": subject, "layer": config["readout_layer"], "delays": config["delays"],

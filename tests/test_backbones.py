@@ -23,10 +23,10 @@ from transformers import (
 )
 
 from core import backbones
+from core.backbones import adapt
 from core.config import TrainConfig
 from core.data.dataset import Dataset
 from core.errors import ConfigError
-from core.backbones import adapt
 from core.tuning.trainer import Trainer
 
 N_LAYERS = 3

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-import core.data.dataset as dataset_module
 from core.data.audio import read_wav, resample, wav_duration
+import core.data.dataset as dataset_module
 from core.data.dataset import (
     PAPER_TEST,
     PAPER_VAL,
@@ -27,8 +27,8 @@ from core.data.dataset import (
     write_textgrid,
     write_wav,
 )
-from core.errors import DataError
 from core.data.textgrid import read_textgrid
+from core.errors import DataError
 
 # Paths relative to the dataset root.
 PRE = Path("derivative") / "preprocessed_data"

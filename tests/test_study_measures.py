@@ -13,17 +13,17 @@ import h5py
 import numpy as np
 import pytest
 
+from core import synthetic as synth
+from core.backbones import load_backbone
+from core.config import TrainConfig
+from core.data.dataset import Dataset
+from core.data.textgrid import Interval
+from core.errors import ConfigError, DataError
 from core.studies import probes
 from core.studies.readouts import fit_bottleneck_readouts
 from core.studies.transfer import story_subsets, transfer
-from core import synthetic as synth
-from core.config import TrainConfig
-from core.data.dataset import Dataset
-from core.errors import ConfigError, DataError
-from core.data.textgrid import Interval
 from core.tuning.model import Readout
 from core.tuning.trainer import Trainer
-from core.backbones import load_backbone
 
 
 @pytest.fixture(scope="module")

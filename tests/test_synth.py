@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from core import synthetic as synth
-from core.synthetic import writing
+from core.backbones import cnn_features, encode
 from core.data.dataset import Dataset
-from core.errors import ConfigError, DataError
 from core.encoding.evaluation import ridge_evaluation
 from core.encoding.extract import FrozenFeatures
 from core.encoding.features import WindowSpec
-from core.backbones import cnn_features, encode
+from core.errors import ConfigError, DataError
+from core.synthetic import writing
 
 from conftest import SMALL
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from core import train
+from core.backbones import adapt
+from core.backbones import load_backbone
 from core.cli import run
 from core.config import TrainConfig
 from core.data.dataset import Dataset
-from core.backbones import adapt
-from core.tuning.model import Readout, readout_prediction
 from core.synthetic import SIZES, generate
 from core.tuning.batches import epoch_blocks
+from core.tuning.model import Readout, readout_prediction
 from core.tuning.trainer import Trainer
-from core.backbones import load_backbone
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=2, lr=3e-3, readout_lr=1e-3, bottleneck=16, device="cpu")
 

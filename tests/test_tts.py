@@ -11,10 +11,10 @@ import pytest
 from core import synthetic as synth
 from core.data.audio import read_wav, write_wav
 from core.data.dataset import Dataset
-from core.errors import DataError
-from core.studies.probes import load_word_vectors
 from core.data.textgrid import read_textgrid, write_textgrid
 from core.encoding.features import WindowSpec
+from core.errors import DataError
+from core.studies.probes import load_word_vectors
 from core.synthetic.tts import sentences, speak
 
 FESTIVAL = shutil.which("festival")

@@ -16,9 +16,9 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import WavLMConfig, WavLMForCTC, WavLMModel
 
-import core.encoding.extract as extract
 from core import backbones
 from core.data.dataset import Dataset, write_respdict, write_responses, write_wav
+import core.encoding.extract as extract
 from core.errors import ConfigError
 from core.encoding.extract import (
     FrozenFeatures,

@@ -21,9 +21,9 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from core import backbones
 from core.backbones import whisper_ct2
+from core.backbones.whisper_ct2 import cached_conversion, convert, read_ct2, transcribe
 from core.cli import run
 from core.errors import DataError
-from core.backbones.whisper_ct2 import cached_conversion, convert, read_ct2, transcribe
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CODES = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,

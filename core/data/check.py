@@ -15,7 +15,7 @@ the repeats' mean.
 
 Example
 -------
->>> from core.check import check_subject, format_subject  # doctest: +SKIP
+>>> from core.data.check import check_subject, format_subject  # doctest: +SKIP
 >>> print(format_subject(check_subject(Dataset("/data/ds003020"), "UTS01")))  # doctest: +SKIP
 """
 

@@ -54,11 +54,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.data.audio import SAMPLE_RATE, read_wav, resample, wav_duration, write_wav
 from core.cache import cache_root
+from core.data.audio import SAMPLE_RATE, read_wav, resample, wav_duration, write_wav
+from core.data.textgrid import Interval, read_textgrid, write_textgrid
 from core.errors import DataError
 from core.outputs import atomic_write
-from core.data.textgrid import Interval, read_textgrid, write_textgrid
 
 __all__ = [
     "TR", "TRIM_START", "TRIM_END", "RESPDICT_PAD", "SOUND_START", "SAMPLE_RATE",

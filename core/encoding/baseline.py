@@ -22,12 +22,12 @@ from pathlib import Path
 from core.cli import progress as print_progress
 from core.cli import run
 from core.data.dataset import Dataset
-from core.errors import ConfigError
 from core.encoding.evaluation import Evaluation, ridge_evaluation
 from core.encoding.extract import FrozenFeatures
 from core.encoding.features import DELAYS, WindowSpec
-from core.outputs import atomic_dir, write_json, write_voxel_results
 from core.encoding.ridge import ALPHAS
+from core.errors import ConfigError
+from core.outputs import atomic_dir, write_json, write_voxel_results
 
 
 def default_model(data: str | Path) -> str:

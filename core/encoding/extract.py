@@ -21,8 +21,8 @@ import torch
 
 from core import backbones
 from core.cache import cache_root
-from core.errors import ConfigError
 from core.encoding.features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
+from core.errors import ConfigError
 from core.outputs import atomic_write
 
 CACHE_VERSION = 1

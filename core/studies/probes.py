@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.encoding import metrics
-from core.data.audio import SAMPLE_RATE
 from core.config import SEMANTIC_PROBE
-from core.errors import ConfigError, DataError
+from core.data.audio import SAMPLE_RATE
+from core.encoding import metrics
 from core.encoding.ridge import fit_ridge
+from core.errors import ConfigError, DataError
 
 N_MEL_BANDS = 16
 # A family maps (story, words) to (targets of shape (n_words, n_dims), a bool mask of the words that have one).

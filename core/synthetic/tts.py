@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.cli import run
 from core.data import dataset as ds
 from core.data.audio import read_wav
-from core.cli import run
-from core.errors import DataError
 from core.data.textgrid import Interval
+from core.errors import DataError
 
 __all__ = ["sentences", "speak", "FESTIVAL_HINT"]
 

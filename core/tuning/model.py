@@ -1,4 +1,4 @@
-"""The BrainWavLM encoding model: WavLM (+ LoRA) -> windows -> TRs -> delays -> voxels.
+"""The brain model: backbone (+ LoRA) -> windows -> TRs -> delays -> readout; how it is built, and its optimiser groups.
 
     audio windows --WavLM up to the read-out layer--> one vector per window (chunk mean)
       --Lanczos (banded, differentiable)--> TR features --running normalisation-->
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from core.backbones import adapt, load_backbone
-from core.tuning.distributed import all_reduce_mean
 from core.encoding.extract import StoryWindows, resolve_cnn_cache, story_cnn, to_trs, window_vectors
 from core.encoding.features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
+from core.tuning.distributed import all_reduce_mean
 
 
 class RunningNorm(nn.Module):
