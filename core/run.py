@@ -54,11 +54,13 @@ def check_studies(config: TrainConfig, dataset: Dataset) -> None:
 
 def run(config: TrainConfig, dataset: Dataset, subject: str, out, *,
         progress: Callable[[str], None] = lambda m: None, on_epoch: Callable[[dict], None] | None = None,
-        device: str | torch.device | None = None) -> RunResult | None:
+        device: str | torch.device | None = None, write: bool = True) -> RunResult | None:
     """Train (or resume) ``subject``, study the best epoch and write the result files to ``out``.
 
     Returns the result on rank 0, None on the other data-parallel workers. Parameters as
-    :class:`core.tuning.trainer.Trainer`'s.
+    :class:`core.tuning.trainer.Trainer`'s; with ``write=False`` the caller writes the
+    result files (:func:`write_results`) after files of its own, since ``summary.json``,
+    written last, marks a complete run.
     """
     check_studies(config, dataset)
     trainer = Trainer(config, dataset, subject, out, progress=progress, on_epoch=on_epoch, device=device)
@@ -75,7 +77,8 @@ def run(config: TrainConfig, dataset: Dataset, subject: str, out, *,
                "probes": probed, **summary}
     evaluations = {name: trainer.evaluations[name] for name in ("baseline", "tuned", "tuned_readout")}
     result = RunResult(summary, evaluations, time.perf_counter() - started)
-    write_results(Path(out), result)
+    if write:
+        write_results(Path(out), result)
     return result
 
 

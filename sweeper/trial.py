@@ -41,7 +41,7 @@ from pathlib import Path
 
 from core.config import TrainConfig
 from core.data.dataset import Dataset
-from core.run import RunResult, run
+from core.run import RunResult, run, write_results
 
 from .folder import SweepFolder
 from .space import train_config
@@ -132,19 +132,20 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
 
 
 def train(config: TrainConfig, data: str, subject: str, out: Path, report, device=None) -> tuple[dict | None, float]:
-    """Run (or resume) the run (:func:`core.run.run`); the first worker adds figures and the loop time.
+    """Run (or resume) the run (:func:`core.run.run`); the first worker writes the loop time, figures and results.
 
     Returns (summary, loop seconds); the summary is None on the other workers.
     """
     reports = EpochReports()
     node = _node_id()
-    result = run(config, Dataset(data), subject, out, device=device,
+    result = run(config, Dataset(data), subject, out, device=device, write=False,
                  on_epoch=lambda record: report({**reports.epoch(record), "node_id": node}))
     if result is None:
         return None, 0.0
-    _figures(out, result)
-    # loop_seconds.json last: its presence means the trial is complete (see finished()).
     (out / "loop_seconds.json").write_text(json.dumps({"loop_seconds": result.loop_seconds}))
+    _figures(out, result)
+    # summary.json last: its presence means the trial is complete (see finished()).
+    write_results(out, result)
     return result.summary, result.loop_seconds
 
 
