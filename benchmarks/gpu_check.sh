@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU paths that CI (CPU only) never runs, end to end, in a few minutes on one GPU.
+# The GPU paths that CI (CPU only) never runs, end to end, within 8 minutes on one H100.
 #
 #   bash benchmarks/gpu_check.sh          # on a GPU machine, from anywhere in the repository
 #   bash benchmarks/gpu_check.sh --cpu    # dry run of the same steps on the CPU (small model)
@@ -15,15 +15,23 @@
 #              (python -m core.train): history, test r and trained parameters to 1e-5
 #   bf16       one epoch with precision=bf16 finishes with finite numbers
 #   paper      search_spaces/paper.yaml's first point (LoRA r4 on q/k/v of layers 1-9,
-#              read-out layer 9, bf16) through python -m sweeper.launch, on a random
-#              wavlm-base-plus-shaped model (GroupNorm CNN) and synthetic data with a
-#              95,000-voxel readout; 1 epoch
+#              bf16) with a multi-layer read-out (layers 6 and 9) through
+#              python -m sweeper.launch, on a random wavlm-base-plus-shaped model (GroupNorm
+#              CNN) and synthetic data with a 95,000-voxel readout; 1 epoch
+#   readout_init  the epoch-0 readout initialisation from a 3,072 x 95,000 ridge map
+#              (python -m benchmarks.bench_readout_init --methods new): time and peak memory
 #   memory     the GPU's peak memory in use during `paper` (nvidia-smi) and bench_epoch's
 #   bench      python -m benchmarks.bench_epoch --size base: time per block, projected
 #              ds003020 subject epoch (target <= 2 min), TFLOP/s and share of bf16 peak;
 #              plus 40-TR blocks as a lever
 # With --cpu: device cpu, fp32, less synthetic data, the synthetic tiny model in place of
-# base-plus (read-out layer 3), bench_epoch --size tiny; `memory` is skipped.
+# base-plus (read-out layers 2 and 3) and 2,000 voxels in `paper`, bench_epoch --size tiny
+# with one step; `bf16` (slow and not what runs on GPUs) and `memory` are skipped;
+# readout_init stays at 3,072 x 95,000 on the CPU.
+#
+# Time: every step has its own limit, and all of them together stay within TOTAL_SECONDS
+# (480 on a GPU; on the CPU 480 x GPU_CHECK_SLOWER, default 4): a step gets what is left
+# when it starts, at most its own limit, and a step that finds no time left FAILs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,29 +59,35 @@ verdict() {  # verdict name "PASS|FAIL|INFO message" step_log: a result from a c
     esac
 }
 step() {  # step NAME SECONDS command...: run, output to $WORK/NAME.log; returns the command's status
-    local name=$1 seconds=$(($2 * SLOWER))
+    local name=$1 seconds=$(($2 * SLOWER)) left=$((TOTAL_SECONDS - SECONDS))
     shift 2
+    (( seconds > left )) && seconds=$left
+    if (( seconds <= 0 )); then
+        echo "no time left of the total $TOTAL_SECONDS s" > "$WORK/$name.log"
+        return 124
+    fi
     timeout "$seconds" "$@" > "$WORK/$name.log" 2>&1
 }
 
 if [[ $MODE == gpu ]]; then
-    DEVICE=cuda PRECISION=bf16 RIDGE=torch_cuda SIZE=base SLOWER=1
+    DEVICE=cuda PRECISION=bf16 RIDGE=torch_cuda SIZE=base SLOWER=1 VOXELS=95000 BENCH_STEPS=3
     if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         say "FAIL setup: torch.cuda.is_available() is False (use --cpu for a dry run)"
         exit 1
     fi
 else
-    DEVICE=cpu PRECISION=fp32 RIDGE=numpy SIZE=tiny SLOWER=${GPU_CHECK_SLOWER:-4}  # step time limits x SLOWER
+    DEVICE=cpu PRECISION=fp32 RIDGE=numpy SIZE=tiny SLOWER=${GPU_CHECK_SLOWER:-4} VOXELS=2000 BENCH_STEPS=1
 fi
+TOTAL_SECONDS=$((480 * SLOWER))  # the step limits below are a GPU's, x SLOWER on the CPU
 say "gpu_check ($MODE) $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); steps in $WORK"
 say "machine: $("$PY" -c "from benchmarks.bench_trainer import machine; import json; print(json.dumps(machine()))" 2>&1)"
 
 # -- data: the tiny planted-teacher dataset (on the CPU: 2 training stories of 30 TRs) -----------
 DATA=$WORK/data
 if [[ $MODE == gpu ]]; then
-    step synth 300 "$PY" -m core.synth --out "$DATA" --size tiny
+    step synth 30 "$PY" -m core.synth --out "$DATA" --size tiny
 else
-    step synth 300 "$PY" -c "import sys; from dataclasses import replace; from core.synth import SIZES, generate
+    step synth 30 "$PY" -c "import sys; from dataclasses import replace; from core.synth import SIZES, generate
 generate(sys.argv[1], replace(SIZES['tiny'], subjects=('UTS01',), n_train_stories=2, train_trs=30, val_trs=20, test_trs=20))" "$DATA"
 fi
 if [[ $? -ne 0 ]]; then
@@ -85,9 +99,9 @@ fi
 SETS=(--set "device=$DEVICE" --set epochs=2 --set readout_layer=3 --set "lora_layers=[3]" --set lr=3e-3
       --set readout_lr=1e-3 --set bottleneck=16)
 TRAIN=("$PY" -m core.train --data "$DATA" --subject UTS01 "${SETS[@]}")
-if step resume_full 300 "${TRAIN[@]}" --out "$WORK/full" \
-   && step resume_stop 300 "$PY" - "$DATA" "$WORK/resumed" "${SETS[@]}" <<'EOF' \
-   && step resume_rest 300 "${TRAIN[@]}" --out "$WORK/resumed"
+if step resume_full 50 "${TRAIN[@]}" --out "$WORK/full" \
+   && step resume_stop 35 "$PY" - "$DATA" "$WORK/resumed" "${SETS[@]}" <<'EOF' \
+   && step resume_rest 35 "${TRAIN[@]}" --out "$WORK/resumed"
 # One epoch, then stop as a killed run would (after epoch 1's checkpoint is written).
 import sys
 from core.config import TrainConfig
@@ -127,7 +141,9 @@ else
 fi
 
 # -- bf16 ---------------------------------------------------------------------------------------
-if step bf16 300 "${TRAIN[@]}" --set precision=bf16 --set epochs=1 --out "$WORK/bf16"; then
+if [[ $MODE == cpu ]]; then
+    result INFO bf16 "skipped on the CPU"
+elif step bf16 40 "${TRAIN[@]}" --set precision=bf16 --set epochs=1 --out "$WORK/bf16"; then
     message=$("$PY" -c "
 import json, math, sys
 s = json.load(open(sys.argv[1]))
@@ -141,8 +157,8 @@ else
 fi
 
 # -- paper: one paper.yaml trial on base-plus geometry, 95,000 voxels ---------------------------
-if step paper_data 600 "$PY" - "$WORK" "$MODE" "$DEVICE" "$PRECISION" "$RIDGE" <<'EOF'
-# A 95,000-voxel synthetic dataset (no NaN voxels, so the readout predicts all of them), a
+if step paper_data 50 "$PY" - "$WORK" "$MODE" "$DEVICE" "$PRECISION" "$RIDGE" "$VOXELS" <<'EOF'
+# A VOXELS-voxel synthetic dataset (no NaN voxels, so the readout predicts all of them), a
 # random wavlm-base-plus-shaped checkpoint, and a search-space file derived from paper.yaml.
 import os, sys
 from dataclasses import replace
@@ -150,23 +166,26 @@ from pathlib import Path
 import torch, yaml
 from core.synth import SIZES, generate
 
-work, mode, device, precision, ridge = sys.argv[1:]
+work, mode, device, precision, ridge, voxels = sys.argv[1:]
 work = Path(work)
-spec = replace(SIZES["tiny"], subjects=("UTS01",), n_voxels=95_000, fraction_nan=0.0, n_train_stories=2,
-               train_trs=40, val_trs=20, test_trs=20)
+gpu = mode == "gpu"
+spec = replace(SIZES["tiny"], subjects=("UTS01",), n_voxels=int(voxels), fraction_nan=0.0, n_train_stories=2,
+               train_trs=40 if gpu else 20, val_trs=20 if gpu else 10, test_trs=20 if gpu else 10)
 data = generate(work / "data95k", spec, progress=lambda m: None)
 space = yaml.safe_load(open("search_spaces/paper.yaml"))
 space.update(name="gpu_check_paper", data=str(data), subjects=["UTS01"], budget={"trials": 1, "concurrency": 1},
              resources={"workers": 1, "cpus_per_worker": min(8, os.cpu_count()), "gpus_per_worker": int(mode == "gpu")})
 space.pop("scheduler", None)
 space["fixed"].update(epochs=1, device=device, precision=precision, ridge_backend=ridge)
-if mode == "gpu":
+space["fixed"].pop("readout_layer")  # a multi-layer read-out instead; readout_layer becomes its maximum
+if gpu:
+    space["fixed"]["readout_layers"] = [6, 9]
     from transformers import WavLMConfig, WavLMModel
     torch.manual_seed(0)
     WavLMModel(WavLMConfig()).save_pretrained(work / "baseplus")  # WavLMConfig() is base-plus's geometry
     space["fixed"]["model"] = str(work / "baseplus")
-else:  # the dry run: the dataset's tiny 4-layer model, read out at layer 3
-    space["fixed"].update(model=str(data / "pretrained"), readout_layer=3)
+else:  # the dry run: the dataset's tiny 4-layer model, read out at layers 2 and 3
+    space["fixed"].update(model=str(data / "pretrained"), readout_layers=[2, 3])
     space["search"]["lora_layers"] = {"top_layers": [1, 3]}
     space["points_to_evaluate"][0]["lora_layers"] = 3
 yaml.safe_dump(space, open(work / "paper_check.yaml", "w"), sort_keys=False)
@@ -182,7 +201,7 @@ then
         SMI_PID=$!
     fi
     started=$SECONDS
-    step paper 420 "$PY" -m sweeper.launch --config "$WORK/paper_check.yaml" --storage "$WORK/sweep" \
+    step paper 130 "$PY" -m sweeper.launch --config "$WORK/paper_check.yaml" --storage "$WORK/sweep" \
         --tracking-uri "sqlite:///$WORK/mlflow.db"
     status=$?
     seconds=$((SECONDS - started))
@@ -196,10 +215,10 @@ s = json.load(open(sys.argv[1]))
 c = s['config']
 with h5py.File(sys.argv[1].replace('summary.json', 'voxel_r.hf5')) as f:
     n = len(f['tuned_r'])
-ok = math.isfinite(s['tuned']['mean_r']) and n == 95000
-print(('PASS' if ok else 'FAIL') + f\" {n} voxels, LoRA r{c['lora_rank']} layers {c['lora_layers']} read-out {c['readout_layer']}, \"
+ok = math.isfinite(s['tuned']['mean_r']) and n == int(sys.argv[2])
+print(('PASS' if ok else 'FAIL') + f\" {n} voxels, LoRA r{c['lora_rank']} layers {c['lora_layers']} read-out {c['readout_layers']}, \"
       f\"{c['precision']}, baseline r {s['baseline']['mean_r']:.4f} tuned {s['tuned']['mean_r']:.4f}, epoch 1 {s['history'][-1]['seconds']:.0f} s\")
-" "$summary")
+" "$summary" "$VOXELS")
         verdict paper "${message:+$message, sweep $seconds s}" "$WORK/paper.log"
     else
         result FAIL paper "sweeper.launch exit status $status after ${seconds} s" "$WORK/paper.log"
@@ -211,9 +230,16 @@ else
     result FAIL paper "could not build its data, model or search space" "$WORK/paper_data.log"
 fi
 
+# -- readout_init: the epoch-0 readout from a 3,072 x 95,000 ridge map ---------------------------
+if step readout_init 30 "$PY" -m benchmarks.bench_readout_init --methods new --device "$DEVICE"; then
+    result "$([[ $MODE == gpu ]] && echo PASS || echo INFO)" readout_init "$(grep '^new' "$WORK/readout_init.log")"
+else
+    result FAIL readout_init "bench_readout_init failed" "$WORK/readout_init.log"
+fi
+
 # -- bench ---------------------------------------------------------------------------------------
 BENCH_JSON=benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}.json
-if step bench 300 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --json "$BENCH_JSON"; then
+if step bench 50 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --steps "$BENCH_STEPS" --json "$BENCH_JSON"; then
     sed 's/^/    /' "$WORK/bench.log" | grep -v "^    wrote" | tee -a "$LOG"
     message=$("$PY" -c "
 import json, sys
@@ -226,8 +252,8 @@ print(('INFO' if cpu else 'PASS' if t['epoch_minutes'] <= 2 else 'FAIL') + f\" e
       f\"{t['tflops_per_s']:.3g} TFLOP/s ({share(t)}); bare {b['epoch_minutes']:.2f} min, {b['tflops_per_s']:.3g} TFLOP/s ({share(b)}){mem}\")
 " "$BENCH_JSON" "$MODE")
     verdict bench "$message" "$WORK/bench.log"
-    if step bench_block40 300 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --block-trs 40 \
-            --steps "$([[ $MODE == gpu ]] && echo 3 || echo 1)" \
+    if step bench_block40 30 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --block-trs 40 \
+            --steps "$BENCH_STEPS" \
             --json "benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}_block40.json"; then
         result INFO bench_block40 "$(awk '/^(trainer|bare) +[0-9]/ {printf "%s%s %s s/block, epoch %s min, %s TFLOP/s",
                                             sep, $1, $2, $4, $5; sep = "; "}' "$WORK/bench_block40.log")"

@@ -22,6 +22,17 @@ shows it, and a non-zero offset means the two pipelines have drifted apart. The 
   whose ``val_r`` moves leaks training into the backbone;
 - ``ac_only``: LoRA as ``lora`` with AC-only weighting: compare its AC r with ``lora``'s.
 
+- ``refit``, ``whiten``, ``whiten_refit``: LoRA as ``lora`` with the readout set again from
+  every epoch's ridge (``readout_refit: epoch``), fitted on whitened features
+  (``readout_whiten``), or both (:mod:`core.tuning.readout_init`).
+
+Before training it prints two checks (:mod:`core.studies.recovery_checks`; ``--no-checks`` skips
+them): the **oracle adapters** (the teacher's change written into the adapters must close
+~100% of the gap, else the trainer's pipeline and the reference differ) and, for each run,
+the **alignment cosine** of its readout as it starts (descent direction on the window
+vectors vs the direction to the teacher's: near 0, the backbone gets little gradient
+towards the change).
+
     python -m benchmarks.planted_recovery --size recovery --jobs 3 [--set lr=3e-3 ...]
 
 Runs go in parallel (``--jobs``), each with ``--threads`` torch threads; on a GPU machine
@@ -47,12 +58,17 @@ from core.config import TrainConfig
 from core.data.dataset import Dataset
 from core.encoding.baseline import run_baseline
 from core.encoding.features import WindowSpec
+from core.studies.recovery_checks import alignment_cosine, ridge_test_r, teacher_window_vectors, write_oracle_adapters
 from core.synthetic import GROUPS, SIZES, generate
+from core.tuning.trainer import Trainer
 
 RUNS = {
     "lora": {},
     "no_adapters": {"lr": 0.0},
     "ac_only": {"roi_weights": {"AC": 1.0}},
+    "refit": {"readout_refit": "epoch"},
+    "whiten": {"readout_whiten": 0.1},
+    "whiten_refit": {"readout_whiten": 0.1, "readout_refit": "epoch"},
 }
 
 
@@ -64,6 +80,31 @@ def reference(data: Path, subject: str, layer: int, window: WindowSpec) -> dict:
     return {name: run_baseline(dataset, subject, layer, str(model), spec=window, cache_dir=data / "cache",
                                progress=lambda m: None)[0].r
             for name, model in (("frozen", data / "pretrained"), ("teacher", data / truth["teacher"]))}
+
+
+def checks(data: Path, subject: str, settings: dict[str, list[str]], out: Path, high: np.ndarray,
+           ref: dict) -> dict:
+    """The oracle adapters' share of the gap closed (high voxels), and each run's alignment cosine at the start.
+
+    ``settings``: run name -> its ``--set`` items; ``high``: bool array of the high voxels;
+    ``ref``: :func:`reference`'s per-voxel r. The oracle runs with the first run's settings.
+    """
+    teacher = str(data / json.loads((data / "truth" / "truth.json").read_text())["teacher"])
+    result = {"alignment_cosine": {}}
+    frozen = taught = None
+    for name, items in settings.items():
+        trainer = Trainer(TrainConfig.load(overrides=items + ["epochs=0"]), Dataset(data), subject, out / name)
+        trainer.fit()  # epoch 0: the normalisation statistics and the readout as training starts
+        if frozen is None:
+            frozen = trainer.features.window_vectors(trainer.split.train, trainer.features.frozen())
+            taught = teacher_window_vectors(trainer, teacher, trainer.split.train)
+        result["alignment_cosine"][name] = alignment_cosine(trainer, frozen, taught)
+    result["oracle_rank_loss"] = write_oracle_adapters(trainer, teacher)
+    r = ridge_test_r(trainer, trainer.features.window_vectors(trainer.cohort.stories))
+    oracle = float(np.nanmean(r[high]))
+    frozen_r, teacher_r = (float(np.nanmean(ref[k][high])) for k in ("frozen", "teacher"))
+    result.update(oracle_high=oracle, oracle_gap_closed=(oracle - frozen_r) / (teacher_r - frozen_r))
+    return result
 
 
 def group_means(r: np.ndarray, group: np.ndarray) -> dict:
@@ -106,6 +147,8 @@ def main(argv=None) -> int:
                         help="a training setting for every run, as core.train takes it, e.g. --set lr=3e-3")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--no-checks", dest="checks", action="store_false",
+                        help="skip the oracle-adapter and alignment checks before training")
     args = parser.parse_args(argv)
     quiet_libraries()
 
@@ -125,14 +168,25 @@ def main(argv=None) -> int:
     config = TrainConfig.load(overrides=common)
     window = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
     started = time.time()
-    ref = {name: group_means(r, group) for name, r in reference(data, args.subject, layer, window).items()}
+    voxel_ref = reference(data, args.subject, layer, window)
+    ref = {name: group_means(r, group) for name, r in voxel_ref.items()}
     print(f"data {data}: {args.subject}, read-out layer {layer}, planted layers {planted}; "
           f"references in {time.time() - started:.0f} s", flush=True)
 
     names = args.runs.split(",")
+    run_settings = {n: common + [f"{k}={json.dumps(v)}" for k, v in RUNS[n].items()] for n in names}
+    checked = {}
+    if args.checks:
+        started = time.time()
+        checked = checks(data, args.subject, run_settings, args.out / "checks", group == GROUPS.index("high"), voxel_ref)
+        print(f"oracle adapters (the teacher's change written into them): high r {checked['oracle_high']:.3f}, "
+              f"{checked['oracle_gap_closed']:.0%} of the gap closed (should be ~100%; rank lost "
+              f"{checked['oracle_rank_loss']:.1e})", flush=True)
+        for n, cosine in checked["alignment_cosine"].items():
+            print(f"alignment cosine at the start, {n}: {cosine:.4f}", flush=True)
+        print(f"checks in {time.time() - started:.0f} s", flush=True)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {n: pool.submit(train, data, args.subject, args.out / n,
-                                  common + [f"{k}={json.dumps(v)}" for k, v in RUNS[n].items()], args.threads)
+        futures = {n: pool.submit(train, data, args.subject, args.out / n, run_settings[n], args.threads)
                    for n in names}
         results = {n: f.result() for n, f in futures.items()}
 
@@ -142,7 +196,7 @@ def main(argv=None) -> int:
           f"AC voxels frozen {ref['frozen']['AC']:.3f}, teacher {ref['teacher']['AC']:.3f}\n")
     print(f"{'run':<12} {'best ep':>7} {'offset':>7} {'high:base':>9} {'tuned':>7} {'readout':>8} {'gap closed':>10} "
           f"{'AC:base':>8} {'tuned':>7} {'readout':>8} {'seconds':>8}")
-    report = {"data": str(data), "settings": common, "reference": ref, "runs": {}}
+    report = {"data": str(data), "settings": common, "reference": ref, "checks": checked, "runs": {}}
     for n, (arrays, seconds) in results.items():
         m = {k: group_means(arrays[k], group) for k in ("baseline_r", "tuned_r", "tuned_readout_r")}
         closed = (m["tuned_r"]["high"] - frozen) / (teacher - frozen)

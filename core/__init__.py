@@ -12,10 +12,13 @@ Packages and modules
 data         the ds003020 dataset: reader and writers, audio, TextGrids, ``python -m core.check``
 backbones    loading WavLM, HuBERT, wav2vec2 and Whisper; a forward pass LoRA adapters change; LoRA
 encoding     features, extraction, ridge, metrics, the ridge protocol, ``python -m core.baseline``
-tuning       the brain model, its loss and collectives, and the Trainer: a loop over named steps
-studies      readouts, cross-subject transfer and word-level probes over story features
+tuning       the brain model, its loss and collectives, where the readout starts, and the Trainer: a loop
+             over named steps
+studies      readouts, cross-subject transfer and word-level probes over story features; the planted
+             data's recovery checks
 synthetic    the planted-teacher synthetic dataset (``python -m core.synth``) and TTS (``python -m core.tts``)
 run          one run end to end: fit, studies, result files; returns a :class:`core.run.RunResult`
+export       a tuned model for use without this project (``python -m core.export``)
 train        one training run (``python -m core.train``)
 config       the settings of a run (:class:`TrainConfig`), validated once
 errors       the errors a user can act on
@@ -29,7 +32,7 @@ _EXPORTS = {
     "Dataset": "data.dataset", "Split": "data.dataset",
     "TrainConfig": "config",
     "WindowSpec": "encoding.features", "LanczosOperator": "encoding.features", "delay_features": "encoding.features",
-    "load_backbone": "backbones", "load_wavlm": "backbones", "adapt": "backbones",
+    "load_backbone": "backbones", "load_backbone": "backbones", "adapt": "backbones",
     "FrozenFeatures": "encoding.extract", "all_window_features": "encoding.extract", "to_trs": "encoding.extract",
     "BrainModel": "tuning.model", "Readout": "tuning.model",
     "loss_fn": "tuning.loss", "voxel_weights": "tuning.loss",

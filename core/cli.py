@@ -13,11 +13,17 @@ from core.errors import BrainsweepError
 def quiet_libraries() -> None:
     """Keep transformers' load reports and progress bars out of our progress output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("himalaya").setLevel(logging.WARNING)
+    if "transformers" not in sys.modules:
+        # transformers reads these when it loads: importing it here (2-10 s) would make
+        # every command's --help that slow.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("himalaya").setLevel(logging.WARNING)
 
 
 def progress(message: str) -> None:

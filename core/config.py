@@ -47,6 +47,16 @@ loss               spatial                        spatial (correlation across vo
 roi_weights        {}                             ROI name -> loss weight; ``rest`` = voxels in
                                                   no named ROI; {} = whole cortex, equally
 readout_init       ridge                          ridge (from the epoch-0 ridge fit) or random
+readout_refit      never                          never, or epoch: the readout is set again
+                                                  from every epoch's ridge fit (readout_init
+                                                  ridge), so it weighs the feature directions
+                                                  training has moved (core.tuning.readout_init)
+readout_whiten     0.0                            > 0: the ridge readout is fitted on whitened
+                                                  features (this shrinkage; smaller whitens
+                                                  more), so low-variance feature directions
+                                                  get weight and gradient
+                                                  (core.tuning.readout_init); 0 = the plain
+                                                  ridge map
 seed               0                              seed of every random choice of the run
 delays             [1, 2, 3, 4]                   FIR delays in TRs
 context            3.75                           seconds of audio before each window's chunk
@@ -57,7 +67,8 @@ dropout            0.0                            the backbone's own dropout (at
                                                   activation, feature projection) in training;
                                                   checkpoints ship 0.1. Attention dropout
                                                   also makes CPU attention ~4x slower.
-precision          fp32                           fp32, or bf16 (autocast)
+precision          fp32                           fp32, or bf16 (autocast) in training steps;
+                                                  evaluation features are always fp32
 device             auto                           auto, cpu, cuda or cuda:N
 cnn_cache          auto                           run the frozen CNN once per story: auto, on,
                                                   off
@@ -66,7 +77,7 @@ batch_windows      64                             windows per forward pass in ev
 test_stories       null                           held-out test stories; null = paper split
 val_stories        null                           validation stories; null = paper split
 ridge_backend      numpy                          himalaya backend of the ridge fits: numpy,
-                                                  torch, torch_cuda, torch_mps, cupy
+                                                  torch, torch_cuda, torch_mps
 norm_momentum      0.01                           momentum of the running feature
                                                   normalisation, in (0, 1]
 transfer_to        []                             other subjects scored on this run's tuned
@@ -144,10 +155,12 @@ from core.errors import ConfigError
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 LOSSES = ("spatial", "temporal", "mse")
 READOUT_INITS = ("ridge", "random")
+READOUT_REFITS = ("never", "epoch")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 SUBJECT_STEPS = ("joint", "interleaved")
-RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps", "cupy")
+# The backends core.encoding.ridge computes on (its torch_device); cupy is himalaya's but not ours.
+RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps")
 # Word-level probe target families (core.studies.probes), and the prefix of the semantic one.
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
 SEMANTIC_PROBE = "semantic:"
@@ -183,6 +196,8 @@ class TrainConfig:
     loss: str = "spatial"
     roi_weights: dict[str, float] = field(default_factory=dict)
     readout_init: str = "ridge"
+    readout_refit: str = "never"
+    readout_whiten: float = 0.0
     seed: int = 0
     delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     context: float = 3.75
@@ -378,6 +393,13 @@ class TrainConfig:
                 "has no positive weight", "at least one weight > 0, or {} for the whole cortex")
         require(self.readout_init in READOUT_INITS, "readout_init", "is not a known initialisation",
                 " or ".join(READOUT_INITS))
+        require(self.readout_refit in READOUT_REFITS, "readout_refit", "is not a known choice",
+                " or ".join(READOUT_REFITS))
+        require(self.readout_whiten >= 0, "readout_whiten", "is negative",
+                "a shrinkage > 0 (such as 0.1), or 0 for the plain ridge map")
+        require(self.readout_init == "ridge" or (self.readout_refit == "never" and self.readout_whiten == 0),
+                "readout_init", "is not ridge, but readout_refit or readout_whiten sets the ridge readout",
+                "readout_init: ridge, or readout_refit: never and readout_whiten: 0")
         require(self.seed >= 0, "seed", "is negative", "an integer >= 0")
         require(len(self.delays) >= 1, "delays", "is empty", "delays in TRs such as [1, 2, 3, 4]")
         require(min(self.delays) >= 0 and len(set(self.delays)) == len(self.delays), "delays",

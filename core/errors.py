@@ -15,3 +15,7 @@ class DataError(BrainsweepError):
 
 class ConfigError(BrainsweepError):
     """A setting is impossible or unknown."""
+
+
+class StudyError(BrainsweepError):
+    """A study measure (transfer, probes) failed after training; the run's results were written first."""

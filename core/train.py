@@ -7,10 +7,16 @@ Writes, when the run completes:
 - ``OUT/summary.json``: ``baseline`` (epoch 0, ridge), ``tuned`` (ridge refit on the best
   epoch's features: the paper's protocol) and ``tuned_readout`` (the model's own readout),
   each with ``mean_r``, ``roi_mean_r`` (and ``ceiling_fraction`` where the test story has
-  repeats); ``best_epoch``; the per-epoch history; the full configuration.
+  repeats); ``best_epoch``; the per-epoch history; the full configuration; the study
+  measures (``transfer``, ``probes``) and ``failed_studies`` (study -> error message).
 - ``OUT/voxel_r.hf5``: per-voxel ``baseline_r``, ``tuned_r``, ``tuned_readout_r`` and
   ``ceiling``, each of shape (n_voxels,).
 - ``OUT/config.yaml``: the configuration, loadable with ``--config``.
+
+A study that fails after training (say, a TextGrid the probes need went missing) loses
+nothing: the files above are written first, then the run ends with a one-line error
+naming the study (exit status 2). Running the same command again, once the cause is
+fixed, repeats only the evaluation.
 
 ``OUT/checkpoints/`` holds ``last.pt`` and ``best.pt``; running the same command again
 resumes an interrupted run where it stopped. Settings are documented in
@@ -24,22 +30,24 @@ Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from core.cli import progress, run
 from core.config import TrainConfig
-from core.data.dataset import Dataset
-from core.run import run as run_training
+
+if TYPE_CHECKING:  # torch loads in seconds: imported where used, so --help is instant
+    import torch
 
 
 def _join_torchrun(config: TrainConfig) -> torch.device | None:
     """Under torchrun (``WORLD_SIZE`` > 1): join its process group; returns this worker's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     import torch.distributed as dist
 
     gpu = config.device != "cpu" and torch.cuda.is_available()
@@ -52,14 +60,20 @@ def _join_torchrun(config: TrainConfig) -> torch.device | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    settings = ", ".join(field.name for field in dataclasses.fields(TrainConfig))
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0],
+                                     epilog=f"settings (core/config.py TrainConfig): {settings}")
     parser.add_argument("--data", required=True, help="dataset root (ds003020 layout)")
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject", required=True, help="subject to tune on, as named in the dataset, e.g. UTS01")
     parser.add_argument("--out", required=True, help="output folder; an interrupted run there is resumed")
     parser.add_argument("--config", help="YAML file of settings (see core/config.py)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3]")
+                        help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3] (settings listed below)")
     args = parser.parse_args(argv)
+
+    from core.data.dataset import Dataset
+    from core.run import raise_failed_studies
+    from core.run import run as run_training
 
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)
@@ -73,6 +87,7 @@ def main(argv=None) -> int:
         rois = ", ".join(f"{k} {v:.3f}" for k, v in s["roi_mean_r"].items())
         print(f"{name:>13}: mean r {s['mean_r']:.3f} ({rois})")
     print(f"best epoch {summary['best_epoch']}; wrote {out}/summary.json")
+    raise_failed_studies(summary, out)
     return 0
 
 

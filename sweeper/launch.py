@@ -52,7 +52,9 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     """Sample configurations of the space and check each against its model and the subjects' data.
 
     Catches impossible combinations (e.g. a LoRA layer above the read-out layer, an ROI a
-    subject lacks, a layer a searched ``model`` does not have) before any trial starts.
+    subject lacks, a layer a searched ``model`` does not have, a ``device`` the
+    ``resources`` cannot give every worker) and studies that cannot run (probes of stories
+    without a readable TextGrid, each read once) before any trial starts.
     ``model`` may be searched across families (``model: {choice: [...]}``); give each its
     own layers with ``when: {model: ...}``. Every checkpoint is read (config only) once.
     """
@@ -63,6 +65,7 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     from core.studies import probes
 
     from .space import SearchSpace, train_config
+    from .trial import device_problem
 
     dataset = Dataset(data)
     layers_of: dict[str, int] = {}
@@ -83,6 +86,7 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
     space = SearchSpace(spec)
+    probed, probe_names = {}, {}  # stories whose transcripts the probes read, and the probes (ordered sets)
     for _ in range(samples if spec.params else 1):
         trial = study.ask()
         config = train_config(spec.fixed, space(trial)["settings"])
@@ -92,6 +96,13 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
                 raise ConfigError(f"{spec.source}: {setting}: no subject {', '.join(unknown)} in {data} "
                                   f"(available: {', '.join(dataset.subjects)})")
         probes.check(config.probes, dataset)
+        probe_names.update(dict.fromkeys(config.probes))
+        for subject in subjects if config.probes else ():
+            split = dataset.split(subject, test=config.test_stories, val=config.val_stories)
+            probed.update(dict.fromkeys((*split.train, *split.test)))
+        problem = device_problem(config.device, spec.workers, spec.gpus_per_worker)
+        if problem:
+            raise ConfigError(f"{spec.source}: {problem}")
         model = config.model or str(data / "pretrained")
         for subject, (rois, trs) in info.items():
             try:
@@ -101,6 +112,8 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
                 searched = f" with model {model}" if "model" in {p.setting for p in spec.params} else ""
                 raise ConfigError(f"{spec.source}: a sampled trial is impossible for {subject}{searched}: {err}") from None
         study.tell(trial, 0.0)
+    if probed:
+        dataset.check_transcripts(list(probed), f"{spec.source}: probes ({', '.join(probe_names)})")
 
 
 def print_plan(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, tracking_uri: str) -> None:
@@ -178,7 +191,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     record["objective"] = record["objectives"][0]
     tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=record, subjects=subjects,
                             trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id),
-                            storage=str(storage))
+                            storage=str(storage), data=str(data))
     SweepFolder(storage).write_sweep_file(experiment=spec.name, tracking_uri=tracking_uri, artifact_location=artifact_location,
                      sweep=record, subjects=subjects)
     return tune.Tuner(
@@ -239,7 +252,10 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
     On a planted-teacher dataset (``data`` with ``truth/``) also, on the planted voxels:
     frozen ridge (the baseline), tuned ridge (the best trial's test r), teacher ridge
     (:func:`teacher_ridge`), the share of the gap closed, and the LoRA layers the search
-    ranked first next to the planted ones.
+    ranked first next to the planted ones. With a read-out layer deeper than the teacher's
+    (a bigger backbone on the tiny dataset) there is no teacher ridge to compare: the line
+    says so. A trial whose studies failed after training (its results kept) gets a line
+    naming them and its error.
     """
     from .space import train_config
 
@@ -269,22 +285,61 @@ def summarize(results, spec: SweepSpec, subjects: list[str], data: Path | None =
             values = [m.get(prefix if r == "all" else f"{prefix}.{r}", float("nan")) for r in rois]
             lines.append(f"  {label:<{width}}" + "".join(f"{v:>9.3f}" for v in values))
         if truth is not None and "test_r.planted" in m:
+            teacher_dir = data / truth["teacher"]
+            teacher_layers = json.loads((teacher_dir / "config.json").read_text())["num_hidden_layers"]
             for who, base, test in [(subject, "baseline_r", "test_r"),
                                     *((o, f"cotrained_baseline_r.{o}", f"cotrained_test_r.{o}") for o in cotrained)]:
                 frozen, tuned = m.get(f"{base}.planted", float("nan")), m.get(f"{test}.planted", float("nan"))
-                teacher = teacher_ridge(data, who, config.to_dict())
                 label = "planted voxels" if who == subject else f"{who} (trained with {subject}) planted voxels"
-                lines.append(f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, teacher ridge "
-                             f"{teacher:.3f} (the truth): {(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
+                line = f"  {label}: frozen ridge {frozen:.3f}, tuned ridge {tuned:.3f}, "
+                if config.readout_layer > teacher_layers:
+                    # e.g. a 12-layer backbone on the tiny dataset: the teacher has no such layer to compare with
+                    lines.append(line + f"no teacher ridge (read-out layer {config.readout_layer}; the teacher, "
+                                 f"{teacher_dir}, has {teacher_layers} layers)")
+                    continue
+                teacher = teacher_ridge(data, who, config.to_dict())
+                lines.append(line + f"teacher ridge {teacher:.3f} (the truth): "
+                             f"{(tuned - frozen) / (teacher - frozen):.0%} of the gap closed")
             order = ", ".join(f"{train_config(spec.fixed, r.config['settings']).lora_layer_list()} "
                               f"{r.metrics.get(metric, float('nan')):.3f}" for r in ranked)
             lines.append(f"  LoRA layers ranked by {metric}: {order}; planted: {truth['spec']['planted_layers']}")
+        for r in done:
+            if r.metrics.get("failed_studies"):
+                lines.append(f"  trial {r.metrics.get('trial_id', '')}: {r.metrics['failed_studies']} failed after "
+                             f"training (its results are kept): {_error_line(r.error)}")
     return "\n".join(lines)
 
 
+def _error_line(error) -> str:
+    """The error's last line: its type and message, after any traceback."""
+    text = str(error or "").strip().splitlines()
+    return text[-1][:300] if text else "no error recorded"
+
+
+def mlflow_ui_hint(tracking_uri: str, experiment: str) -> str:
+    """How to open the sweep's MLflow page: a command that works without an activated venv, then the link."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import landing_url
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if tracking_uri.startswith("sqlite:"):
+        ui_url = "http://127.0.0.1:5000"
+        command = f"{sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    else:
+        ui_url, command = tracking_uri, None
+    page = landing_url(ui_url, found.experiment_id) if found else f"{ui_url} (experiment {experiment})"
+    return f"{command}\n  then open {page}" if command else f"open {page}"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeper.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space file (default: search_spaces/demo.yaml)")
+    shipped = sorted(path.stem for path in DEFAULT_CONFIG.parent.glob("*.yaml"))
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeper.launch", description=__doc__.splitlines()[0],
+        epilog=f"shipped search spaces (search_spaces/<name>.yaml): {', '.join(shipped)}",
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="search-space file, e.g. search_spaces/paper.yaml (default: search_spaces/demo.yaml)")
     parser.add_argument("--data", help="dataset folder (overrides the file's data:)")
     parser.add_argument("--subjects", nargs="+", help="subjects to sweep (overrides the file's subjects:)")
     parser.add_argument("--num-samples", type=int, help="trials per subject (overrides budget.trials)")
@@ -300,7 +355,9 @@ def main(argv=None) -> int:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
         spec = replace(spec, trials=args.num_samples)
+    data_started = time.time()
     data = resolve_data(args.data or spec.data)
+    data_s = time.time() - data_started
     from core.data.dataset import Dataset
 
     available = Dataset(data).subjects
@@ -336,13 +393,11 @@ def main(argv=None) -> int:
     from .reports.publish import write_report
 
     write_report(tracking_uri, spec.name, SweepFolder(storage).report)
-    if tracking_uri.startswith("sqlite:"):
-        ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000)"
-    else:
-        ui = f"open {tracking_uri} (experiment {spec.name})"
-    print(f"\nfinished in {time.time() - started:.0f} s. MLflow UI: {ui}")
+    print(f"\nsweep finished in {time.time() - started:.0f} s (Ray start, trials, summary, report; "
+          f"making or finding the data took {data_s:.0f} s before it). MLflow UI: {mlflow_ui_hint(tracking_uri, spec.name)}")
     errors = results.errors
-    return 1 if errors and len(errors) == len(results) else 0
+    failed_studies = any(r.metrics and r.metrics.get("failed_studies") for r in results)
+    return 1 if failed_studies or (errors and len(errors) == len(results)) else 0
 
 
 if __name__ == "__main__":

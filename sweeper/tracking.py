@@ -11,11 +11,21 @@ need no MLflow access) and talks to MLflow through :class:`mlflow.tracking.Mlflo
 - a child run per trial (tags ``mlflow.parentRunId``, ``trial_id``), named by the trial id:
   params ``trial.config["params"]`` as given, every numeric ``val_*``, ``train_*``,
   ``test_*``, ``baseline_*``, ``tuned_*`` result per epoch, the tag ``node_id`` (the Ray
-  node of the latest result that names one: after a retry elsewhere, the new node), on
-  completion the files of the trial's output folder (:data:`TRIAL_ARTIFACTS` and
-  ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
+  node of the latest result that names one: after a retry elsewhere, the new node), the
+  tag ``failed_studies`` (the studies that failed after training, whose trial then ends in
+  error with its results kept), on completion or error the files of the trial's output
+  folder (:data:`TRIAL_ARTIFACTS` and ``*.png``), and the tags ``stopped_early`` (true when the scheduler stopped it before
   its final report, which carries ``done_training``) and ``best_trial`` (true on one child
-  per subject).
+  per subject); the best trial's run also gets its tuned model under ``export/``
+  (:func:`core.export.export`: peft adapters and readouts; no merged checkpoint, which
+  is as large as the base model: ``python -m core.export`` on the trial folder makes it).
+
+The experiment opens on its trials (MLflow 3's UI otherwise opens a new experiment on the
+GenAI traces page, with no param or metric column): it gets the tag
+``mlflow.experimentKind=custom_model_development`` and a saved runs-table view,
+:data:`VIEW_KEY` (an experiment tag ``mlflow.sharedViewState.<key>``, listed under "Views"),
+that shows only the trial runs, sorted by the objective, with the searched params, the
+objective and the ``test_*`` metrics as columns. :func:`landing_url` is the page with both.
 
 Runs are found by these tags before any is created, so a resumed sweep (same trial ids)
 continues its runs instead of duplicating them. No run is left RUNNING after the sweep:
@@ -41,10 +51,12 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
 import os
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -67,6 +79,10 @@ TRIAL_ARTIFACTS = ("summary.json", "config.yaml", "voxel_r.hf5")
 # The trial function reports this key in its final result only: without it a trial ended
 # because the scheduler stopped it.
 DONE_KEY = "done_training"
+# The saved runs-table view the landing page opens; MLflow's UI reads saved views from the
+# experiment tags named VIEW_TAG_PREFIX + key (MLflow 3 "Views" menu, shared by link).
+VIEW_KEY = "brainsweep-trials"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 
 class MLflowTracker(Callback):
@@ -87,6 +103,8 @@ class MLflowTracker(Callback):
         queued calls.
     storage : the sweep folder, named in the warning about calls MLflow never received
         (``python -m sweeper.sync --storage <storage>`` records them later).
+    data : the sweep's dataset folder; given, each subject's best trial is exported
+        (:mod:`core.export`) into its run's artifacts.
     """
 
     def __init__(
@@ -99,6 +117,7 @@ class MLflowTracker(Callback):
         trial_dir: Callable[[Trial], Path | None],
         retry_interval_s: float = 30.0,
         storage: str | None = None,
+        data: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -108,6 +127,7 @@ class MLflowTracker(Callback):
         self.trial_dir = trial_dir
         self.retry_interval_s = retry_interval_s
         self.storage = None if storage is None else str(storage)
+        self.data = None if data is None else str(data)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parents: dict[str, str] = {}  # subject -> run id
@@ -214,7 +234,7 @@ class MLflowTracker(Callback):
         step = int(result["epoch"] if "epoch" in result else result.get("training_iteration", 0))
         metrics = [Metric(key, value, timestamp, step) for key, value in _numbers(result, METRIC_PREFIXES).items()
                    if recorded is None or step not in recorded.get(key, ())]
-        tags = [RunTag("node_id", result["node_id"])] if isinstance(result.get("node_id"), str) else []
+        tags = [RunTag(key, result[key]) for key in ("node_id", "failed_studies") if isinstance(result.get(key), str)]
         if metrics or tags:
             self.client.log_batch(self._child(trial), metrics=metrics, tags=tags)
         if recorded is not None:
@@ -222,19 +242,23 @@ class MLflowTracker(Callback):
                 recorded.setdefault(metric.key, set()).add(step)
         return len(metrics)
 
-    def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
-        run_id = self._child(trial)
+    def _log_trial_files(self, run_id: str, trial: Trial) -> None:
         folder = self.trial_dir(trial)
         if folder is not None and Path(folder).is_dir():
             files = [Path(folder, name) for name in TRIAL_ARTIFACTS] + sorted(Path(folder).glob("*.png"))
             for path in files:
                 if path.is_file():
                     self.client.log_artifact(run_id, str(path))
+
+    def _finish_trial(self, trial: Trial, stopped_early: bool) -> None:
+        run_id = self._child(trial)
+        self._log_trial_files(run_id, trial)
         self.client.set_tag(run_id, "stopped_early", str(stopped_early).lower())
         self.client.set_terminated(run_id, "FINISHED")
 
     def _fail_trial(self, trial: Trial) -> None:
         run_id = self._child(trial)
+        self._log_trial_files(run_id, trial)  # a study that failed after training left the trained model's results
         if trial.error_file:
             self.client.set_tag(run_id, "error_file", trial.error_file)
             if os.path.isfile(trial.error_file):
@@ -301,6 +325,7 @@ class MLflowTracker(Callback):
             and _is_number(trial.last_result.get(metric))
         ]
         if finished:
+            self._save_view(sorted({key for trial in finished for key in _numbers(trial.last_result, ("test_",))}))
             choose = {"max": max, "min": min}[self.sweep["objective"]["mode"]]
             best = choose(finished, key=lambda trial: trial.last_result[metric])
             self._record_best(subject, best, {f"best_{metric}": best.last_result[metric],
@@ -314,12 +339,29 @@ class MLflowTracker(Callback):
             if run.info.run_id != best_run:
                 self.client.delete_tag(run.info.run_id, "best_trial")
         self.client.set_tag(best_run, "best_trial", "true")
+        if self.data is not None:
+            self._log_export(best_run, self.trial_dir(best))
         timestamp = int(time.time() * 1000)
         self.client.log_batch(
             parent,
             metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
             tags=[RunTag("best_trial_id", best.trial_id)],
         )
+
+    def _log_export(self, run_id: str, folder: Path | None) -> None:
+        """A finished trial's tuned model (:func:`core.export.export` without ``merged/``) as its run's ``export/``."""
+        from core.errors import BrainsweepError
+        from core.export import export
+
+        if folder is None or not Path(folder, "summary.json").is_file():
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                export(folder, self.data, Path(tmp) / "export", merged=False)
+            except (BrainsweepError, OSError) as err:  # the sweep's results stand without it
+                logger.warning("trial folder %s not exported to MLflow: %s", folder, err)
+                return
+            self.client.log_artifacts(run_id, str(Path(tmp) / "export"), "export")
 
     # Finding or creating runs; ids are cached once known.
 
@@ -344,7 +386,22 @@ class MLflowTracker(Callback):
                 if found.lifecycle_stage == "deleted":
                     self.client.restore_experiment(found.experiment_id)
                 self._experiment_id = found.experiment_id
+            self.client.set_experiment_tag(self._experiment_id, "mlflow.experimentKind", "custom_model_development")
+            self._save_view([])
         return self._experiment_id
+
+    def _save_view(self, metrics: list[str]) -> None:
+        """Save the landing view: trial runs, best objective first, with the searched params,
+        the objective and ``metrics`` as columns (saved again when the test metrics are known)."""
+        objective = self.sweep.get("objective", {})
+        columns = [f"params.`{name}`" for name in self.sweep.get("search", {})]
+        columns += [f"metrics.`{name}`" for name in dict.fromkeys([objective.get("metric"), *metrics]) if name]
+        state = {"searchFilter": "tags.`sweep.role` = 'trial'", "selectedColumns": columns}
+        if objective.get("metric"):
+            state.update(orderByKey=f"metrics.`{objective['metric']}`", orderByAsc=objective.get("mode") == "min")
+        now = int(time.time() * 1000)
+        view = {"name": f"{self._sweep_name()} trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self._experiment(), VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(view))
 
     def _parent(self, subject: str) -> str:
         if subject not in self._parents:
@@ -395,6 +452,16 @@ class MLflowTracker(Callback):
 
     def _sweep_name(self) -> str:
         return str(self.sweep.get("name", self.experiment))
+
+
+def landing_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI at ``ui_url``: model-training mode, on the saved trials view.
+
+    MLflow 3.17 takes the GenAI/model-training switch from the page's ``workflowType``
+    (default GenAI, whatever the experiment's kind tag says), so the link names it.
+    """
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def _is_number(value) -> bool:

@@ -24,7 +24,14 @@ features of the training stories, scored on the validation stories
   (pretrained): held-out r of word-level probes (:mod:`core.studies.probes`); with ``subjects``
   (several subjects trained on one backbone), for each other trained subject S
   ``cotrained_test_r.S`` and ``cotrained_baseline_r.S``, each per ROI too, and per epoch
-  ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean).
+  ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean);
+  ``failed_studies`` (a string: the studies that failed after training, e.g. ``probes``) when any did.
+
+A study that fails after training loses nothing: the trial's results are written and its
+final metrics reported first, then the trial ends with a :class:`core.errors.StudyError`
+(:func:`core.run.raise_failed_studies`). Such a trial counts as unfinished
+(:func:`finished`), so a retry or ``--resume`` resumes its checkpoints and repeats only the
+evaluation.
 
 A one-worker trial runs the trainer in the trial's own process (no Train start-up); more
 workers run it data-parallel under Ray Train (gloo on CPU, nccl on GPU). The trial's
@@ -41,7 +48,7 @@ from pathlib import Path
 
 from core.config import TrainConfig
 from core.data.dataset import Dataset
-from core.run import RunResult, run, write_results
+from core.run import RunResult, raise_failed_studies, run, write_results
 
 from .folder import SweepFolder
 from .space import train_config
@@ -128,6 +135,8 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
         for layer, pair in layers.items():
             metrics[f"probe_r.{family}.L{layer}"] = pair["tuned"]
             metrics[f"probe_baseline_r.{family}.L{layer}"] = pair["pretrained"]
+    if summary.get("failed_studies"):
+        metrics["failed_studies"] = ", ".join(summary["failed_studies"])
     return _finite(metrics)
 
 
@@ -149,6 +158,41 @@ def train(config: TrainConfig, data: str, subject: str, out: Path, report, devic
     return result.summary, result.loop_seconds
 
 
+def reserved_device(setting: str):
+    """Where this Ray worker (a trial's own process, or a Ray Train worker) trains: a torch device, or None.
+
+    ``device: auto`` takes the GPU that Ray reserved for the worker (``resources.gpus_per_worker``),
+    made the worker's current CUDA device, or the CPU when Ray reserved none: a GPU that Ray
+    did not reserve may be another trial's. Any other setting is left to the trainer (None).
+    """
+    import ray
+    import torch
+
+    if setting != "auto":
+        return None
+    if not ray.get_gpu_ids():
+        return torch.device("cpu")
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()  # the reserved GPU's index among the visible ones
+    torch.cuda.set_device(device)
+    return device
+
+
+def device_problem(device: str, workers: int, gpus_per_worker: float) -> str | None:
+    """Why a trial with ``device`` cannot train on ``workers`` workers of ``gpus_per_worker`` GPUs each (or None)."""
+    if workers > 1 and gpus_per_worker % 1:
+        return (f"resources.gpus_per_worker: {gpus_per_worker:g} with {workers} workers puts two workers on one GPU, "
+                "which NCCL refuses; give each worker whole GPUs (e.g. 1), or use 1 worker")
+    if workers > 1 and device.startswith("cuda"):
+        return (f"device: {device} with {workers} workers puts every worker on the same GPU; use device: auto "
+                "(each worker takes the GPU Ray reserved for it)")
+    if device.startswith("cuda") and not gpus_per_worker:
+        return (f"device: {device} with resources.gpus_per_worker: 0 trains on a GPU that Ray did not reserve "
+                "(concurrent trials share it); set gpus_per_worker (e.g. 1) and device: auto")
+    return None
+
+
 def _node_id() -> str:
     import ray
 
@@ -159,7 +203,8 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
     """The results of a trial that already completed with this configuration, if any.
 
     A sweep resumed after its driver died can start again a trial whose results were
-    written but not yet recorded by Tune; it then reports them instead of recomputing.
+    written but not yet recorded by Tune; it then reports them instead of recomputing. A
+    trial whose studies failed is not complete: it is evaluated again.
     """
     try:
         summary = json.loads((out / "summary.json").read_text())
@@ -167,7 +212,7 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
     except (OSError, ValueError, KeyError):
         return None
     same = isinstance(summary.get("config"), dict) and TrainConfig.from_dict(summary["config"]).identity() == config.identity()
-    return (summary, seconds) if same else None
+    return (summary, seconds) if same and not summary.get("failed_studies") else None
 
 
 def _figures(out: Path, result: RunResult) -> None:
@@ -198,26 +243,23 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
         summary, seconds = done
     elif plan.workers <= 1:
         torch.set_num_threads(max(1, math.floor(plan.cpus_per_worker)))
-        summary, seconds = train(train_cfg, plan.data, subject, out, tune.report)
+        summary, seconds = train(train_cfg, plan.data, subject, out, tune.report, reserved_device(train_cfg.device))
     else:
         summary, seconds = _run_distributed(train_cfg, plan, subject, out, trial_id)
     tune.report(final_metrics(summary, seconds))
+    raise_failed_studies(summary, out)
 
 
 def _worker_loop(loop_config: dict) -> None:
     """Ray Train worker: the same trainer, one shard of the blocks per worker."""
     import ray.train
-    import ray.train.torch
     import torch
 
     torch.set_num_threads(max(1, math.floor(loop_config["cpus"])))
     config = TrainConfig.from_dict(loop_config["config"])
-    device = None
-    if config.device == "auto" and torch.cuda.is_available():
-        # This worker's own GPU; where a run trains is not part of its identity (TrainConfig.identity).
-        device = ray.train.torch.get_device()
-        torch.cuda.set_device(device)
-    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report, device)
+    # This worker's own GPU; where a run trains is not part of its identity (TrainConfig.identity).
+    train(config, loop_config["data"], loop_config["subject"], Path(loop_config["out"]), ray.train.report,
+          reserved_device(config.device))
 
 
 def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Path, trial_id: str):

@@ -3,7 +3,8 @@
 The files follow ds003020's own conventions, not our writers': respdict.json holds
 rows + 20, rows are trimmed, audio is 44.1 kHz stereo 16-bit PCM starting 10 s into the
 scan, the test story carries ``individual_repeats`` whose mean (float64, stored float32)
-is ``data``, some voxels are NaN, and an ROI file holds a bool and a 0/1 mask.
+is ``data``, some voxels are NaN, an ROI file holds a bool and a 0/1 mask, and each story
+has a long-format TextGrid (phone then word tier, UPPER case, with non-speech markers).
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ AC = np.arange(N_VOXELS) < 6
 PRE = Path("derivative") / "preprocessed_data" / "UTS03"
 RESPDICT = Path("derivative") / "respdict.json"
 ROIS = Path("derivative") / "rois" / "UTS03.hf5"
+GRIDS = Path("derivative") / "TextGrids"
+# The word tier: (start, end, label); two spoken words among markers and an empty interval.
+WORD_TIER = [(0.0, 1.0, "{NS}"), (1.0, 1.5, "HELLO"), (1.5, 1.7, "sp"), (1.7, 2.2, "WORLD"), (2.2, 4.0, "")]
+
+
+def _write_textgrid(path: Path, words=WORD_TIER) -> None:
+    """Praat's long text format, as ds003020's files have it (trailing spaces included)."""
+    end = words[-1][1]
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0 ", f"xmax = {end} ",
+             "tiers? <exists> ", "size = 2 ", "item []: "]
+    for k, (name, tier) in enumerate([("phone", [(0.0, end, "sp")]), ("word", words)], 1):
+        lines += [f"    item [{k}]:", '        class = "IntervalTier" ', f'        name = "{name}" ',
+                  "        xmin = 0 ", f"        xmax = {end} ", f"        intervals: size = {len(tier)} "]
+        for n, (start, stop, label) in enumerate(tier, 1):
+            lines += [f"        intervals [{n}]:", f"            xmin = {start} ", f"            xmax = {stop} ",
+                      f'            text = "{label}" ']
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _last_row_time(rows: int) -> float:
@@ -49,8 +67,10 @@ def pristine(tmp_path_factory) -> Path:
     (root / "stimuli").mkdir()
     (root / PRE).mkdir(parents=True)
     (root / ROIS.parent).mkdir(parents=True)
+    (root / GRIDS).mkdir(parents=True)
     for story, rows in ROWS.items():
         _write_audio(root / "stimuli" / f"{story}.wav", _last_row_time(rows) + 6.0)
+        _write_textgrid(root / GRIDS / f"{story}.TextGrid")
         with h5py.File(root / PRE / f"{story}.hf5", "w") as f:
             if story == "wheretheressmoke":
                 repeats = rng.standard_normal((N_REPEATS, rows, N_VOXELS)).astype(np.float32)
@@ -91,11 +111,11 @@ def test_a_good_dataset_gets_its_table_and_exit_0(copy, capsys):
         assert cells[1:5] == [str(rows), str(N_VOXELS), str(rows + 20), "(rows+20)"]
         assert float(cells[5]) == pytest.approx(_last_row_time(rows) + 6.0, abs=0.05)
         assert cells[6:9] == ["yes", "(+6.0", "s)"]
-    assert table["storya"][9:] == ["-", "-", "2"]
+    assert table["storya"][9:] == ["-", "-", "2", "2"]  # NaN voxels, spoken words
     assert table["wheretheressmoke"][9:11] == [str(N_REPEATS), "yes"]
-    assert table["wheretheressmoke"][-1] == "1"
+    assert table["wheretheressmoke"][-2:] == ["1", "2"]
     assert "ROI masks (voxels): AC 6, left 15" in lines
-    assert not [line for line in lines if line.startswith("problem:")]
+    assert not [line for line in lines if line.startswith(("problem:", "warning:"))]
     assert lines[-1] == "no problems found"
 
     check = check_subject(Dataset(copy), "UTS03", progress=lambda message: None)
@@ -122,12 +142,23 @@ def _roi_mask_wrong_length(root: Path) -> None:
         f["AC"] = np.ones(N_VOXELS - 1, dtype=bool)
 
 
+def _textgrid_missing(root: Path) -> None:
+    (root / GRIDS / "storya.TextGrid").unlink()
+
+
+def _words_past_the_audio(root: Path) -> None:
+    _write_textgrid(root / GRIDS / "wheretheressmoke.TextGrid", [*WORD_TIER[:-1], (2.2, 900.0, "LATE")])
+
+
 BROKEN = {
     # id: (how to break the dataset, what its one problem line must name)
     "respdict off by one": (_respdict_off_by_one, [str(RESPDICT), "'storya'", "29 TRs", "8 rows", "expected 28"]),
     "audio too short": (_audio_too_short, [str(Path("stimuli") / "storya.wav"), "UTS03/storya"]),
     "data is not the mean of its repeats": (_data_not_mean_of_repeats, ["wheretheressmoke.hf5", "individual_repeats"]),
     "ROI mask of the wrong length": (_roi_mask_wrong_length, [str(ROIS), "'AC'", f"({N_VOXELS},)"]),
+    "TextGrid missing": (_textgrid_missing, [str(GRIDS / "storya.TextGrid"), "'storya'", "not found"]),
+    "words past the audio's end": (_words_past_the_audio, [str(GRIDS / "wheretheressmoke.TextGrid"), "'LATE'",
+                                                           "outside its"]),
 }
 
 
@@ -151,3 +182,27 @@ def test_problems_add_up(copy, capsys):
     assert code != 0
     assert len([line for line in lines if line.startswith("problem:")]) == len(BROKEN)
     assert lines[-1] == f"{len(BROKEN)} problems found"
+
+
+def test_a_broken_response_file_leaves_the_roi_line_true(copy, capsys):
+    path = copy / PRE / "storya.hf5"
+    path.write_bytes(path.read_bytes()[:2000])  # truncated, as an interrupted copy leaves it
+    code, lines = _run(copy, capsys)
+    problems = [line for line in lines if line.startswith("problem:")]
+    assert code != 0 and len(problems) == 1 and "storya.hf5" in problems[0]
+    assert "ROI masks (voxels): AC 6, left 15" in lines
+
+
+def test_low_rate_audio_and_a_dataset_without_textgrids_get_warnings_not_problems(copy, capsys):
+    rate = 8000
+    t = np.arange(int((_last_row_time(ROWS["storya"]) + 6.0) * rate)) / rate
+    wavfile.write(copy / "stimuli" / "storya.wav", rate, (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16))
+    shutil.rmtree(copy / GRIDS)
+    code, lines = _run(copy, capsys)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert code == 0 and lines[-1] == "no problems found"
+    assert len(warnings) == 2
+    assert str(GRIDS) in warnings[0] and "no TextGrids" in warnings[0] and "probes" in warnings[0]
+    assert "storya.wav" in warnings[1] and "8000 Hz" in warnings[1] and "4 kHz" in warnings[1]
+    with pytest.warns(UserWarning, match="8000 Hz"):
+        Dataset(copy).audio("storya")

@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-import core.config
 from core.config import TrainConfig
+import core.config
 from core.errors import ConfigError
 
 
@@ -70,18 +70,27 @@ def test_readout_layers_set_readout_layer():
     ("epochs", -1), ("block_trs", 0), ("bottleneck", -1), ("loss", "l1"),
     ("roi_weights", {"AC": -1}), ("roi_weights", {"AC": 0, "rest": 0}), ("roi_weights", [1]),
     ("roi_weights", {"AC": "heavy"}),
-    ("readout_init", "zeros"), ("seed", -1),
+    ("readout_init", "zeros"), ("readout_refit", "often"), ("readout_whiten", -0.1), ("seed", -1),
     ("delays", []), ("delays", [-1, 1]), ("delays", [1, 1]),
     ("context", 0), ("chunk", -0.25), ("stride", 0), ("layerdrop", 1), ("dropout", 1),
     ("precision", "fp16"), ("device", "gpu"), ("device", "cuda:x"), ("cnn_cache", "maybe"),
     ("batch_windows", 0), ("test_stories", []), ("val_stories", ["a", "a"]),
-    ("ridge_backend", "jax"), ("norm_momentum", 0), ("norm_momentum", 1.5),
+    ("ridge_backend", "jax"), ("ridge_backend", "cupy"), ("norm_momentum", 0), ("norm_momentum", 1.5),
 ])
 def test_invalid_value_names_the_setting(name, value):
     with pytest.raises(ConfigError, match=rf"^run\.yaml: {name}: .*\(got .*; expected .*\)$"):
         TrainConfig.from_dict({name: value}, source="run.yaml")
     with pytest.raises(ConfigError, match=rf"^{name}: "):
         TrainConfig(**{name: value})
+
+
+def test_every_accepted_ridge_backend_is_one_the_ridge_fits_run_on():
+    """A backend that passes validation but that core.encoding.ridge cannot run (cupy) failed every trial at epoch 0."""
+    from core.config import RIDGE_BACKENDS
+    from core.encoding.ridge import torch_device
+
+    for backend in RIDGE_BACKENDS:
+        torch_device(backend)
 
 
 def test_test_and_val_stories_must_not_overlap():

@@ -1,10 +1,11 @@
-"""The MLflow UI shows a recorded sweep: trial runs under their subject's run, with a metric.
+"""The MLflow UI opens a recorded sweep on its trials, with the searched params and metrics as columns.
 
 Starts a real ``mlflow server`` (sqlite store), records one subject's sweep of three
 trials through :class:`sweeper.tracking.MLflowTracker` (no Ray: the trials are Tune's own
 ``Trial`` objects, driven through the callback methods), then opens the experiment's runs
-page in headless Chromium driven by selenium, as a user would: expand the subject's run,
-add the ``val_r`` and ``lr`` columns. The screenshot goes to ``tmp_path`` and, when
+page in headless Chromium driven by selenium at the link the sweep prints
+(:func:`sweeper.tracking.landing_url`), with no clicking: the model-training runs table
+lists the three trials with the ``lr``, ``val_r`` and ``test_r`` columns. The screenshot goes to ``tmp_path`` and, when
 ``BRAINSWEEP_ARTIFACTS`` is set, to that folder too.
 
 Needs Chromium and its driver (Debian: ``apt-get install -y chromium chromium-driver``);
@@ -29,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
 from sweeper.plots import roi_bar_chart
-from sweeper.tracking import MLflowTracker
+from sweeper.tracking import MLflowTracker, landing_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -88,7 +89,8 @@ def _healthy(url: str) -> bool:
 
 def record_sweep(url: str, outputs: Path) -> None:
     """Record a finished sweep of :data:`TRIALS` for :data:`SUBJECT` as Tune would."""
-    sweep = {"name": EXPERIMENT, "objective": {"metric": "val_r", "mode": "max"}}
+    sweep = {"name": EXPERIMENT, "search": {"lr": {"loguniform": [1e-4, 1e-2]}},
+             "objective": {"metric": "val_r", "mode": "max"}}
     tracker = MLflowTracker(url, EXPERIMENT, None, sweep, [SUBJECT], trial_dir=lambda trial: outputs / trial.trial_id)
     trials = [Trial("train_trial", config={"subject": SUBJECT, "params": {"lr": lr, "lora_rank": 4, "subject": SUBJECT}},
                     trial_id=trial_id, stub=True) for trial_id, (lr, _) in TRIALS.items()]
@@ -124,7 +126,6 @@ def open_chromium(profile: Path):
 
 def test_sweep_runs_are_shown_in_the_mlflow_ui(mlflow_server, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     record_sweep(mlflow_server, tmp_path / "outputs")
@@ -139,21 +140,12 @@ def test_sweep_runs_are_shown_in_the_mlflow_ui(mlflow_server, tmp_path):
     screenshot = tmp_path / "mlflow_ui_runs.png"
     browser = open_chromium(tmp_path / "chromium-profile")
     try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(f"{mlflow_server}/#/experiments/{experiment_id}/runs")
-        wait.until(lambda page: SUBJECT in page.find_element(By.TAG_NAME, "body").text)
-        # Trial runs are nested under their subject's run: expand it.
-        browser.find_element(By.XPATH, f"//*[@role='gridcell'][.//*[normalize-space()='{SUBJECT}']]//button").click()
+        wait = WebDriverWait(browser, 90)
+        browser.get(landing_url(mlflow_server, experiment_id))
+        # No clicks: the trials (flat, not under their subject's run) and the columns are there.
         wait.until(lambda page: all(trial_id in page.find_element(By.TAG_NAME, "body").text for trial_id in TRIALS))
-        # Metric and param columns are hidden by default: add val_r and lr.
-        browser.find_element(By.XPATH, "//button[normalize-space()='Columns']").click()
-        for column in ("val_r", "lr"):
-            browser.find_element(By.XPATH, f"//*[@role='dialog']//*[normalize-space()='{column}']").click()
-        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-        for close in browser.find_elements(By.XPATH, "//button[@aria-label='Close']"):  # the assistant panel
-            close.click()
-        wait.until(lambda page: "val_r" in [h.text for h in page.find_elements(By.CSS_SELECTOR, "[role=columnheader]")])
-
+        headers = lambda: [h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role=columnheader]")]
+        wait.until(lambda page: {"lr", "val_r", "test_r"} <= {text.strip() for text in headers()})
         cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
         for trial_id, (lr, val_r) in TRIALS.items():
             assert any(trial_id in cell for cell in cells), (trial_id, cells)

@@ -79,6 +79,42 @@ def test_probes_of_the_planted_change_rise_where_it_was_planted_and_nothing_else
     assert all(abs(pair["tuned"]) < 0.3 for pair in scores["semantic"].values())  # random vectors
 
 
+def test_semantic_targets_are_each_words_own_vector_row_by_row(tmp_path):
+    """A tiny vocabulary: each word's row is its vector (any case), a word without one gets a zero row, masked out."""
+    glove = tmp_path / "vectors.txt"
+    glove.write_text("the 1 2 3\nDog 4 5 6\nran -1 0 0.5\n")
+    labels = ["THE", "dog", "zyzzyva", "Ran", "the", "away"]
+    targets, mask = probes.semantic_targets(glove)("story", [Interval(i, i + 0.5, w) for i, w in enumerate(labels)])
+    np.testing.assert_array_equal(mask, [True, True, False, True, True, False])
+    np.testing.assert_array_equal(targets, [[1, 2, 3], [4, 5, 6], [0, 0, 0], [-1, 0, 0.5], [1, 2, 3], [0, 0, 0]])
+
+
+# 4 features for 60 words need no penalty: the smallest alpha wins, as it should.
+@pytest.mark.filterwarnings("ignore:ridge.*at an edge of the grid:RuntimeWarning")
+def test_a_probe_reads_word_vectors_from_features_that_hold_them(tmp_path):
+    """The positive case of the random-vector probe above: features that carry each word's vector
+    (plus noise, at the windows ending inside the word) predict the semantic targets well; words
+    without a vector carry louder noise and must be left out."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    vocabulary = {f"w{i}": rng.normal(size=4) for i in range(12)}
+    glove = tmp_path / "vectors.txt"
+    glove.write_text("".join(f"{w} {' '.join(f'{v:.6f}' for v in vec)}\n" for w, vec in vocabulary.items()))
+    # Each story: 0.5-s words, a tenth of them unknown; windows every 0.25 s, two inside each word.
+    labels = {story: [f"w{i}" if i < 12 else "unknown" for i in rng.integers(0, 13, n)] for story, n in (("a", 60), ("b", 20))}
+    words = {story: [Interval(0.5 * i, 0.5 * i + 0.5, w) for i, w in enumerate(ws)] for story, ws in labels.items()}
+
+    def layer_features(story):
+        times = np.arange(1, 2 * len(words[story]) + 1) * 0.25 - 0.1
+        rows = [vocabulary.get(w.label, rng.normal(size=4) * 3) for w in words[story] for _ in range(2)]
+        return times, {1: np.array(rows, np.float32) + rng.normal(scale=0.5, size=(len(rows), 4)).astype(np.float32)}
+
+    dataset = SimpleNamespace(words=words.__getitem__)
+    scores = probes.run_probes(dataset, ["a"], ["b"], layer_features, {"semantic": probes.semantic_targets(glove)}, [1])
+    assert scores["semantic"][1] > 0.8  # measured 0.90
+
+
 def test_mel_energies_put_a_tone_in_its_band():
     rate = 16000
     t = np.arange(rate) / rate

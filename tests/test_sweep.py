@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -170,3 +171,31 @@ def test_which_subjects_train_the_backbone_is_searched(small_data, tmp_path):
     for epoch in (0, 1):
         assert history["val_r"][epoch] == pytest.approx(
             (history["val_r_subject.UTS01"][epoch] + history["val_r_subject.UTS02"][epoch]) / 2, rel=1e-6)
+
+
+def test_a_study_that_fails_after_training_is_reported_and_its_results_kept(small_data, tmp_path):
+    """A word-vector file that breaks only when read (the checks before training see that it
+    exists): the trial's results reach MLflow, the closing lines name the study, the sweep exits 1."""
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("the 0.1 0.2\nof 0.3\n")
+    storage, log = tmp_path / "sweep", tmp_path / "log"
+    space = _space(tmp_path, small_data, subjects=["UTS01"], search={}, budget={"trials": 1, "concurrency": 1},
+                   fixed={**FIXED, "epochs": 1, "lora_layers": [3], "probes": [f"semantic:{vectors}"],
+                          "probe_layers": [3]})
+    proc = _launch(["--config", str(space), "--storage", str(storage)], log)
+    try:
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert rc == 1, out[-3000:]
+    closing = [line for line in out.splitlines() if "failed after training (its results are kept)" in line]
+    assert len(closing) == 1 and "probes failed after training" in closing[0] and "vectors.txt:2" in closing[0]
+    client, runs = _runs(storage)
+    (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert child.info.status == "FAILED" and child.data.tags["failed_studies"] == "probes"
+    assert {"test_r", "baseline_r", "test_r.planted"} <= set(child.data.metrics)
+    assert "summary.json" in {f.path for f in client.list_artifacts(child.info.run_id)}
+    (summary,) = (storage / "trials" / "UTS01").glob("*/summary.json")
+    assert "vectors.txt:2" in json.loads(summary.read_text())["failed_studies"]["probes"]

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from scipy.stats import gamma
 
 from core import synthetic as synth
 from core.backbones import cnn_features, encode
@@ -116,6 +117,24 @@ def test_frozen_ridge_falls_short_of_teacher_ridge_on_planted_voxels(tiny_data):
     assert r["teacher", 3][0] > 0.8
 
 
+def test_the_sweep_summary_without_the_teachers_read_out_layer_says_so(tiny_data):
+    """gpu_check's paper trial: a 12-layer backbone read out at layer 9 on the 4-layer teacher's data."""
+    from types import SimpleNamespace
+
+    from sweeper.launch import summarize
+    from sweeper.space import parse_spec
+
+    spec = parse_spec({"name": "t", "data": str(tiny_data), "fixed": {"readout_layer": 9},
+                       "search": {"lr": {"choice": [1e-4]}}}, "t.yaml")
+    metrics = {"done_training": 1, "best_val_r": 0.5, "test_r": 0.61, "baseline_r": 0.6,
+               "test_r.planted": 0.55, "baseline_r.planted": 0.5}
+    result = SimpleNamespace(config={"subject": "UTS01", "settings": {"lr": 1e-4}}, metrics=metrics)
+    lines = summarize([result], spec, ["UTS01"], data=tiny_data).splitlines()
+    assert lines[4] == (f"  planted voxels: frozen ridge 0.500, tuned ridge 0.550, no teacher ridge (read-out layer 9; "
+                        f"the teacher, {tiny_data / 'truth/teacher'}, has {synth.SIZES['tiny'].num_layers} layers)")
+    assert lines[5].startswith("  LoRA layers ranked by best_val_r: [1, 2, 3, 4, 5, 6, 7, 8, 9] 0.500; planted:")
+
+
 def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
     """TR averaging + canonical HRF, not our Lanczos + FIR: other responses from the same
     sound and teacher, and frozen ridge still falls short of teacher ridge on the planted voxels."""
@@ -124,6 +143,11 @@ def test_hrf_response_model_is_used_and_keeps_the_gap(tiny_data, tmp_path):
     truth = json.loads((root / "truth" / "truth.json").read_text())
     assert truth["response_model"] == "hrf" and truth["spec"]["response_model"] == "hrf"
     assert truth["hrf"] == pytest.approx(synth.canonical_hrf().tolist()) and "hrf_fir" not in truth
+    # SPM's double gamma from scipy (peak at 5 s, undershoot of a sixth at 15 s) at ds003020's TR, summing to 1.
+    assert truth["tr"] == 2.0045
+    t = np.arange(0.0, 32.0, truth["tr"])
+    spm = gamma.pdf(t, 6) - gamma.pdf(t, 16) / 6
+    assert truth["hrf"] == pytest.approx((spm / spm.sum()).tolist(), abs=1e-12)
     assert (root / "stimuli/avatar.wav").read_bytes() == (tiny_data / "stimuli/avatar.wav").read_bytes()
     fir, hrf = Dataset(tiny_data).responses("UTS01", "avatar"), Dataset(root).responses("UTS01", "avatar")
     planted = Dataset(root).roi_masks("UTS01")["planted"] & np.isfinite(hrf).all(0)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import socket
 import subprocess
 import sys
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -20,9 +21,10 @@ from core.backbones import load_backbone
 from core.cli import run
 from core.config import TrainConfig
 from core.data.dataset import Dataset
+from core.encoding.ridge import RidgeFit
 from core.synthetic import SIZES, generate
 from core.tuning.batches import epoch_blocks
-from core.tuning.model import Readout, readout_prediction
+from core.tuning.model import Readout, readout_prediction, ridge_as_linear
 from core.tuning.trainer import Trainer
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=2, lr=3e-3, readout_lr=1e-3, bottleneck=16, device="cpu")
@@ -37,6 +39,41 @@ def test_readout_reproduces_a_linear_map():
         readout = Readout(12, 7, bottleneck)
         readout.set_linear(low_rank, bias)
         np.testing.assert_allclose(readout(x).detach().numpy(), x.numpy() @ low_rank + bias, atol=1e-4)
+
+
+def test_readout_from_the_gram_eigendecomposition_is_the_svd_truncation():
+    # A ridge-like map: more voxels than features, singular values decaying over three decades.
+    gen = torch.Generator().manual_seed(2)
+    n_in, n_out, k = 48, 900, 10
+    left, _ = torch.linalg.qr(torch.randn(n_in, n_in, generator=gen))
+    right, _ = torch.linalg.qr(torch.randn(n_out, n_in, generator=gen))
+    weight = (left * torch.logspace(0, -3, n_in) @ right.T).numpy()
+    u, s, vh = np.linalg.svd(weight.astype(np.float64), full_matrices=False)
+    best = (u[:, :k] * s[:k]) @ vh[:k]
+    readout = Readout(n_in, n_out, k)
+    readout.set_linear(weight, np.zeros(n_out, np.float32))
+    got = (readout.up.weight @ readout.down.weight).T.detach().numpy()
+    assert np.linalg.norm(got - best) <= 1e-5 * np.linalg.norm(best)
+
+
+def test_ridge_readout_init_makes_no_float64_copy_of_the_map():
+    # numpy's allocations are traced: the old path's float64 copy of the map (twice the
+    # float32 map's bytes) exceeds the budget of one float32 copy plus small vectors.
+    n_in, n_out = 256, 20_000
+    gen = np.random.default_rng(3)
+    fit = RidgeFit(weights=gen.standard_normal((n_in, n_out), dtype=np.float32), alphas=np.ones(n_out),
+                   cv_scores=np.zeros(n_out), x_mean=gen.standard_normal(n_in), x_std=gen.uniform(0.5, 2, n_in),
+                   y_mean=gen.standard_normal(n_out))
+    readout = Readout(n_in, n_out, 16)
+    tracemalloc.start()
+    try:
+        weight, bias = ridge_as_linear(fit, np.arange(n_out))
+        readout.set_linear(weight, bias)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.1 * fit.weights.nbytes, f"peak {peak / 2**20:.0f} MiB for a {fit.weights.nbytes / 2**20:.0f} MiB map"
+    assert weight.dtype == np.float32
 
 
 def test_readout_prediction_by_voxel_block_equals_the_whole_prediction():

@@ -20,3 +20,14 @@ def test_a_finished_trial_is_not_trained_again_on_another_device(tmp_path):
     assert finished(ran.replace(lora_rank=4), tmp_path) is None  # other settings: a different run
     (tmp_path / "loop_seconds.json").unlink()
     assert finished(ran, tmp_path) is None  # results not complete
+
+
+def test_a_trial_whose_study_failed_is_evaluated_again(tmp_path):
+    """Its results are kept, but it is not complete: a retry or --resume repeats the evaluation."""
+    ran = TrainConfig(readout_layer=3, probes=["acoustic"])
+    summary = {"config": ran.to_dict(), "best_epoch": 1, "failed_studies": {"probes": "a TextGrid went missing"}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "loop_seconds.json").write_text(json.dumps({"loop_seconds": 12.5}))
+    assert finished(ran, tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "failed_studies": {}}))
+    assert finished(ran, tmp_path) is not None

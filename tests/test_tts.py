@@ -49,8 +49,32 @@ def test_no_festival_is_one_clear_error(tmp_path, monkeypatch):
         speak(["Some words to say here."], tmp_path / "out")
 
 
+def _placements(audio: np.ndarray, clip: np.ndarray) -> list[int]:
+    """Every sample offset at which ``clip`` lies in ``audio`` (cut short at its end), found by its samples alone.
+
+    ``audio[p:p + len(clip)]`` equals the clip (or its start, where the story ends) with some
+    of its sound in that span: the sum of squared differences, from an FFT cross-correlation.
+    """
+    from scipy.signal import fftconvolve
+
+    n, length = len(audio), len(clip)
+    a, c = audio.astype(np.float64), clip.astype(np.float64)
+    cross = fftconvolve(a, c[::-1])[length - 1:]  # cross[p] = sum_k audio[p + k] clip[k]
+    stop = np.minimum(np.arange(n) + length, n)
+    audio_energy = np.concatenate([[0.0], np.cumsum(a**2)])
+    clip_energy = np.concatenate([[0.0], np.cumsum(c**2)])[stop - np.arange(n)]  # of the part inside the story
+    mismatch = audio_energy[stop] - audio_energy[:n] - 2 * cross + clip_energy
+    # 16-bit rounding leaves ~1e-9 of the energy; a clip's first complete word holds over 1e-3 of it.
+    return list(np.flatnonzero((clip_energy > 1e-3 * clip_energy.max()) & (mismatch < 1e-6 * clip_energy)))
+
+
 def test_clips_with_word_times_give_the_stories_textgrids(tmp_path):
-    """Clips with a TextGrid beside them (as core.synthetic.tts writes): the stories' words on the story's clock."""
+    """Clips with a TextGrid beside them (as core.synthetic.tts writes): the stories' words on the story's clock.
+
+    Each clip is found in the story's sound by its samples; every word and phone of the story
+    is a clip's, at that clip's own time plus where the clip lies (the pauses included), and
+    every clip's labelled interval that ends inside the story is there.
+    """
     rng = np.random.default_rng(0)
     for i, seconds in enumerate((1.5, 2.5, 3.0)):
         audio, words, phones = synth.speechlike_audio(seconds, rng)
@@ -72,6 +96,19 @@ def test_clips_with_word_times_give_the_stories_textgrids(tmp_path):
     later = story_words[len(clip_words)]
     assert later.start > len(clips[first]) / 16000  # the next clip's words, after its pause
     assert all(w.end <= len(audio) / 16000 + 1e-6 for w in story_words)
+
+    placed = sorted((offset, i) for i, clip in clips.items() for offset in _placements(audio, clip))
+    assert placed[0] == (0, first) and len(placed) > 10  # every clip several times over the story's ~40 s
+    gaps = [(b - a - len(clips[i])) / 16000 for (a, i), (b, _) in zip(placed, placed[1:])]
+    assert min(gaps) >= 0.2 - 1e-3 and max(gaps) <= 0.8  # the pauses between clips
+    end = len(audio) / 16000
+    for tier, story_tier in (("word", story_words), ("phone", dataset.phones("wheretheressmoke"))):
+        expected = [(offset / 16000 + w.start, offset / 16000 + w.end, w.label) for offset, i in placed
+                    for w in read_textgrid(tmp_path / "speech" / f"clip{i}.TextGrid")[tier]
+                    if w.label and offset / 16000 + w.end <= end + 1e-6]
+        got = [(w.start, w.end, w.label) for w in story_tier if w.label]
+        assert [label for *_, label in got] == [label for *_, label in expected], tier
+        np.testing.assert_allclose([t[:2] for t in got], [t[:2] for t in expected], atol=1e-6, err_msg=tier)
 
 
 def test_word_vectors_from_an_array_and_a_word_list(tmp_path):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import WavLMConfig, WavLMForCTC, WavLMModel
 
@@ -170,6 +172,40 @@ def test_window_vectors_from_story_cnn_equal_per_window_cnn(story20):
     for k in layers:
         assert cached[k].shape == (len(ids), HIDDEN)
         torch.testing.assert_close(cached[k], direct[k], rtol=0, atol=1e-5)
+
+
+class Int64Outputs(TorchDispatchMode):
+    """Records the size of every int64 tensor that a torch operation makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.sizes += [t.numel() for t in torch.utils._pytree.tree_leaves(out)
+                       if isinstance(t, torch.Tensor) and t.dtype == torch.int64]
+        return out
+
+
+def test_window_audio_is_cut_from_a_view_without_a_per_sample_index(story20, monkeypatch):
+    """Without the CNN cache (base-plus), the windows' audio is the index gather's, with one index per window."""
+    windows, padded = story20
+    ids = np.array([0, 1, 2, 31, len(windows) - 1])
+    starts = torch.from_numpy(windows.ends[ids])
+    by_index = padded[starts[:, None] + torch.arange(windows.spec.window_samples)[None, :]]
+
+    class CNNReached(Exception):
+        pass
+
+    def cnn_features(model, audio):
+        raise CNNReached(audio)
+
+    monkeypatch.setattr(backbones, "cnn_features", cnn_features)
+    with pytest.raises(CNNReached) as reached, Int64Outputs() as spy:
+        window_vectors(tiny_model(feat_extract_norm="group"), padded, windows, ids, [1], cnn=None)
+    torch.testing.assert_close(reached.value.args[0], by_index, rtol=0, atol=0)
+    assert max(spy.sizes, default=0) <= len(ids)
 
 
 def test_window_vectors_from_story_cnn_differ_for_group_norm(story20):
@@ -439,3 +475,21 @@ def test_frozen_features_cache_off_writes_nothing(tiny_dataset, saved_model, tmp
     assert not cache_dir.exists()
     _, cached = FrozenFeatures(str(saved_model), spec, cache_dir=cache_dir).window_features(tiny_dataset, STORY, [1])
     np.testing.assert_array_equal(feats[1], cached[1])
+
+
+def test_an_unreachable_hub_fails_fast_with_what_to_do(monkeypatch):
+    # Loopback port 9 (discard) refuses at once: the hub is unreachable, deterministically.
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        backbones.checkpoint_config("microsoft/wavlm-base-plus")
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "\n" not in message
+    assert all(hint in message for hint in ("save_pretrained", "model: DIR", "HF_HOME", "HF_HUB_OFFLINE")), message
+
+
+def test_a_saved_checkpoint_folder_loads_without_the_hub(monkeypatch, saved_model):
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    model = backbones.load_backbone(str(saved_model))
+    assert isinstance(model, WavLMModel) and model.config.num_hidden_layers == tiny_config().num_hidden_layers

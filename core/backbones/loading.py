@@ -7,7 +7,10 @@ backbone weights do not all come from the checkpoint (module docstring of
 
 from __future__ import annotations
 
+import socket
 from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from transformers import AutoConfig
@@ -27,15 +30,42 @@ def checkpoint_config(model: str):
     ConfigError
         The checkpoint cannot be read, or is of another family (one line naming both).
     """
+    online = hub_reachable(model)
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model, local_files_only=not online)
     except (OSError, ValueError) as err:
+        if not online and not Path(model).expanduser().is_dir():
+            raise ConfigError(
+                f"cannot load checkpoint {model!r}: not a folder here, not in the Hugging Face cache "
+                f"(HF_HOME), and the hub is unreachable or HF_HUB_OFFLINE is set. Save it on a machine "
+                f"with internet (python -c \"from transformers import AutoModel; "
+                f"AutoModel.from_pretrained('{model}').save_pretrained('DIR')\"), copy DIR here and pass "
+                f"model: DIR, or point HF_HOME at a cache that holds it"
+            ) from None
         raise ConfigError(f"cannot load checkpoint {model!r}: {str(err).splitlines()[0]}") from None
     if config.model_type not in FAMILIES:
         raise ConfigError(f"{model!r} is a {config.model_type!r} checkpoint; supported are "
                           f"{', '.join(map(repr, FAMILIES))} (e.g. microsoft/wavlm-base-plus, "
                           "facebook/hubert-base-ls960, facebook/wav2vec2-base, openai/whisper-tiny.en)")
     return config
+
+
+def hub_reachable(model: str, timeout_s: float = 3.0) -> bool:
+    """Whether ``model`` may be fetched from the Hugging Face hub now (a local folder never is).
+
+    A quick TCP connect to the hub's endpoint (``HF_ENDPOINT``) decides, so an offline
+    machine fails in seconds, not after huggingface_hub's retries (~30 s).
+    """
+    from huggingface_hub import constants
+
+    if Path(model).expanduser().is_dir() or constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def load_backbone(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
@@ -82,7 +112,8 @@ def load_backbone(model: str, *, layerdrop: float = 0.0, dropout: float = 0.0,
                                      "feat_proj_dropout"), dropout)}
     try:
         with quiet_transformers():  # its load report and progress bar; we check the loading info below
-            net, info = model_class.from_pretrained(model, dtype=dtype, output_loading_info=True, **settings)
+            net, info = model_class.from_pretrained(model, dtype=dtype, output_loading_info=True,
+                                                    local_files_only=not hub_reachable(model), **settings)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load {model_type} checkpoint {model!r}: {str(err).splitlines()[0]}") from None
     backbone = tuple(f"{name}." for name, _ in net.named_children())

@@ -54,6 +54,23 @@ def wav_duration(path: str | Path) -> float:
     return samples.shape[0] / sample_rate
 
 
+def wav_rate(path: str | Path) -> int:
+    """A WAV file's sample rate in Hz, from its header."""
+    return int(_open(path)[0])
+
+
+def low_rate_warning(path: str | Path, sample_rate: int) -> str | None:
+    """A warning when audio comes at less than ``SAMPLE_RATE``, else None.
+
+    Resampled up to 16 kHz, such audio lacks everything above half its own rate (4 kHz for
+    8 kHz audio), which WavLM and Whisper saw in pretraining: their features shift.
+    """
+    if sample_rate >= SAMPLE_RATE:
+        return None
+    return (f"{path}: audio at {sample_rate} Hz, below the models' {SAMPLE_RATE} Hz: upsampled, it has nothing "
+            f"above {sample_rate / 2000:g} kHz, which the pretrained models expect; use the original recording if you have it")
+
+
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Polyphase resampling with the rate ratio reduced by its gcd.
 

@@ -3,9 +3,16 @@
 ``python -m core.check --data DIR [--subject S ...] [--tr 2.0]`` reads every subject (or
 the given ones) of a ds003020-layout folder and prints, per subject, a table of its
 stories (rows, voxels, respdict.json's count, audio duration against the TR grid,
-repeats and whether ``data`` is their mean, NaN voxels) and its ROI masks with their
-sizes, then each problem on one line starting with ``problem:``. The exit status is 1 when
-there is any problem, 0 otherwise (2 when the folder is not a dataset at all).
+repeats and whether ``data`` is their mean, NaN voxels, spoken words of the TextGrid) and
+its ROI masks with their sizes, then each problem on one line starting with ``problem:``
+and each warning (audio below 16 kHz, no TextGrids at all) with ``warning:``. The exit
+status is 1 when there is any problem, 0 otherwise (2 when the folder is not a dataset at
+all).
+
+TextGrids: when the dataset has any (``derivative/TextGrids/``), every story's is read
+(any of Praat's text formats), must have a word tier, and its words must lie inside the
+story's audio (:meth:`core.data.dataset.Dataset.check_transcript`); a missing one is a problem,
+since the word-level studies (probes) need them. A dataset without any gets one warning.
 
 Responses are streamed: NaN masks are read in blocks of rows (and cached, see
 :meth:`core.data.dataset.Dataset.nan_voxels`), repeats in blocks of voxel columns, so a
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +38,7 @@ import numpy as np
 
 from core.cli import progress as print_progress
 from core.cli import run
+from core.data.audio import low_rate_warning
 from core.data.dataset import PAPER_TEST, TR, Dataset
 from core.errors import DataError
 
@@ -53,17 +62,22 @@ class StoryCheck:
     repeats: int | None = None
     repeats_error: float | None = None  # see repeats_mean_error
     nan_voxels: int | None = None
+    audio_rate: int | None = None  # Hz
+    words: int | None = None  # spoken words of the TextGrid (Dataset.words)
 
 
 @dataclass
 class SubjectCheck:
-    """A subject's stories, NaN voxels (any story), ROI masks (name -> size) and problems."""
+    """A subject's stories, NaN voxels (any story), ROI masks (name -> size, None if unreadable),
+    problems and warnings; ``transcripts``: whether the dataset has any TextGrid."""
 
     subject: str
     stories: list[StoryCheck] = field(default_factory=list)
     nan_voxels: int | None = None
-    roi_sizes: dict[str, int] = field(default_factory=dict)
+    roi_sizes: dict[str, int | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    transcripts: bool = False
 
 
 def repeats_mean_error(dataset: Dataset, subject: str, story: str) -> float:
@@ -113,12 +127,22 @@ def check_subject(dataset: Dataset, subject: str, progress: Callable[[str], None
 
     stories = dataset.stories(subject)
     result = SubjectCheck(subject)
+    grids = dataset.textgrid_path(stories[0] if stories else "-").parent
+    result.transcripts = grids.is_dir() and any(grids.glob("*.TextGrid"))
+    if not result.transcripts:
+        result.warnings.append(f"{grids}: no TextGrids; word-level studies (probes) cannot run")
     respdict = attempt(dataset.respdict) or {}
     any_nan = None
     for k, story in enumerate(stories):
         progress(f"[{k + 1}/{len(stories)}] {subject}/{story}")
         found = StoryCheck(story, respdict=respdict.get(story))
         result.stories.append(found)
+        found.audio_rate = attempt(dataset.audio_rate, story)
+        warning = found.audio_rate and low_rate_warning(dataset.audio_path(story), found.audio_rate)
+        if warning:
+            result.warnings.append(warning)
+        if result.transcripts:
+            found.words = attempt(dataset.check_transcript, story)
         shape = attempt(dataset.response_shape, subject, story)
         if shape is None:
             continue
@@ -143,10 +167,12 @@ def check_subject(dataset: Dataset, subject: str, progress: Callable[[str], None
             any_nan = nan if any_nan is None else any_nan | nan
     if any_nan is not None and all(s.nan_voxels is not None for s in result.stories):
         result.nan_voxels = int(any_nan.sum())
+    # Checked against the voxel count of the readable files, so that a broken response
+    # file does not hide intact masks.
+    voxels = Counter(s.voxels for s in result.stories if s.voxels is not None).most_common(1)
     for name in attempt(dataset.roi_names, subject) or []:
-        mask = attempt(dataset.roi_mask, subject, name)
-        if mask is not None:
-            result.roi_sizes[name] = int(mask.sum())
+        mask = attempt(dataset.roi_mask, subject, name, voxels[0][0]) if voxels else None
+        result.roi_sizes[name] = None if mask is None else int(mask.sum())
     result.problems = list(problems)
     return result
 
@@ -159,15 +185,17 @@ def format_subject(check: SubjectCheck, test: tuple[str, ...] = PAPER_TEST) -> s
     header = (f"{check.subject}: {len(check.stories)} stories, {_listing(voxels)} voxels, "
               f"{_or_unknown(check.nan_voxels)} NaN voxels in any story, "
               f"{test_note or 'no test story ' + _listing(test)}")
-    columns = ["story", "rows", "voxels", "respdict", "audio s", "covers rows", "repeats", "mean = data", "NaN voxels"]
+    columns = ["story", "rows", "voxels", "respdict", "audio s", "covers rows", "repeats", "mean = data", "NaN voxels",
+               "words"]
     rows = [[
         s.story, _or_unknown(s.rows), _or_unknown(s.voxels), _respdict_cell(s), _number(s.audio_seconds, 1),
         _coverage_cell(s.audio_margin), _or_unknown(s.repeats) if s.repeats != 0 else "-",
-        _mean_cell(s), _or_unknown(s.nan_voxels),
+        _mean_cell(s), _or_unknown(s.nan_voxels), _or_unknown(s.words) if check.transcripts else "-",
     ] for s in check.stories]
     lines = [header, *_table(columns, rows)]
-    rois = ", ".join(f"{name} {size}" for name, size in check.roi_sizes.items())
+    rois = ", ".join(f"{name} {_or_unknown(size)}" for name, size in check.roi_sizes.items())
     lines.append(f"ROI masks (voxels): {rois or 'none'}")
+    lines += [f"warning: {w}" for w in check.warnings]
     lines += [f"problem: {p}" for p in check.problems] or ["no problems"]
     return "\n".join(lines)
 

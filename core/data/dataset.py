@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,14 +56,14 @@ import h5py
 import numpy as np
 
 from core.cache import cache_root
-from core.data.audio import SAMPLE_RATE, read_wav, resample, wav_duration, write_wav
+from core.data.audio import SAMPLE_RATE, low_rate_warning, read_wav, resample, wav_duration, wav_rate, write_wav
 from core.data.textgrid import Interval, read_textgrid, write_textgrid
 from core.errors import DataError
 from core.outputs import atomic_write
 
 __all__ = [
     "TR", "TRIM_START", "TRIM_END", "RESPDICT_PAD", "SOUND_START", "SAMPLE_RATE",
-    "PAPER_TEST", "PAPER_VAL", "Interval", "Split", "Dataset",
+    "PAPER_TEST", "PAPER_VAL", "NON_SPEECH", "Interval", "is_marker", "Split", "Dataset",
     "write_wav", "write_responses", "write_roi_masks", "write_textgrid", "write_respdict",
 ]
 
@@ -73,8 +74,12 @@ RESPDICT_PAD = 5  # TRs at the end of respdict's count that the reference toolin
 SOUND_START = 10.0  # seconds from the scan's start to the audio's start
 PAPER_TEST = ("wheretheressmoke",)
 PAPER_VAL = ("fromboyhoodtofatherhood", "onapproachtopluto")
+# Word-tier labels that are not words (silence, breath, laughter, noise, sentence marks), as
+# the reference's dsutils.make_word_ds drops them; compared by is_marker().
+NON_SPEECH = frozenset({"sentence_start", "sentence_end", "br", "lg", "ls", "ns", "sp"})
 
 _MAX_AUDIO_SHORTFALL_TRS = 5  # check_audio(): audio may end this many TRs before the last TR
+_WORD_TOLERANCE_S = 0.1  # check_transcript(): words may end this much after the audio (rounding)
 _ROW_BLOCK = 64  # rows per HDF5 read when selecting voxels: bounds the temporary copy
 
 
@@ -201,22 +206,91 @@ class Dataset:
         Returns
         -------
         audio : array of shape (n_samples,), float32
-            Mono (channels averaged), in [-1, 1], resampled to ``SAMPLE_RATE`` if needed.
+            Mono (channels averaged), in [-1, 1], resampled to ``SAMPLE_RATE`` if needed
+            (with a warning when the file's rate is lower: :func:`core.data.audio.low_rate_warning`).
         """
-        audio, rate = read_wav(self._audio_file(story))
+        path = self._audio_file(story)
+        audio, rate = read_wav(path)
+        warning = low_rate_warning(path, rate)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
         return resample(audio, rate, SAMPLE_RATE)
 
     def audio_duration(self, story: str) -> float:
         """Length of the story's audio in seconds, read from the WAV header."""
         return wav_duration(self._audio_file(story))
 
-    def words(self, story: str) -> list[Interval]:
-        """Non-empty intervals of the TextGrid's word tier ("word" or "words", any case).
+    def audio_rate(self, story: str) -> int:
+        """The story's audio file's sample rate in Hz, read from the WAV header."""
+        return wav_rate(self._audio_file(story))
 
-        Labels are stripped of surrounding whitespace; markers such as "sp" or "{LG}"
-        are kept.
+    def words(self, story: str, markers: bool = False) -> list[Interval]:
+        """The spoken words: intervals of the TextGrid's word tier ("word" or "words", any case).
+
+        As the reference (Huth lab ``dsutils.make_word_ds``) keeps them: labels stripped of
+        surrounding whitespace, empty ones dropped, and non-speech markers (``sp``,
+        ``{LG}``, ``{NS}``, ``{BR}``, ``{LS}``, ``sentence_start``, ``sentence_end``: see
+        :func:`is_marker`) dropped unless ``markers=True``. Labels keep their case (UPPER
+        in ds003020). The raw tiers, empty intervals included, are
+        ``core.data.textgrid.read_textgrid(dataset.textgrid_path(story))``.
+
+        Parameters
+        ----------
+        markers : bool, default False
+            Keep the non-speech markers too (every non-empty interval of the tier).
+
+        Returns
+        -------
+        words : list of Interval
+            In file order; times in seconds on the audio file's clock.
         """
-        return self._tier(story, ("word", "words"))
+        intervals = self._tier(story, ("word", "words"))
+        return intervals if markers else [w for w in intervals if not is_marker(w.label)]
+
+    def check_transcript(self, story: str) -> int:
+        """Check the story's TextGrid: it reads, has a word tier, and its words lie inside the audio.
+
+        Returns
+        -------
+        n_words : int
+            How many spoken words (:meth:`words`) it holds.
+
+        Raises
+        ------
+        DataError
+            The TextGrid or the audio is missing or unreadable, the word tier is missing,
+            or a word (marker included) starts before 0 s or ends more than 0.1 s after
+            the audio's end.
+        """
+        intervals = self.words(story, markers=True)
+        duration = self.audio_duration(story)
+        outside = [w for w in intervals if w.start < 0 or w.end > duration + _WORD_TOLERANCE_S]
+        if outside:
+            first = outside[0]
+            raise DataError(
+                f"{self.textgrid_path(story)}: {len(outside)} words of story {story!r} lie outside its "
+                f"{duration:.2f} s of audio ({self.audio_path(story)}), the first {first.label!r} at "
+                f"{first.start:.2f}-{first.end:.2f} s: a TextGrid of another story or a cut audio file?"
+            )
+        return sum(not is_marker(w.label) for w in intervals)
+
+    def check_transcripts(self, stories: Sequence[str], why: str) -> None:
+        """Raise one DataError naming every story whose TextGrid is missing or unreadable.
+
+        ``why`` says what needs them (e.g. ``"probes"``); each story's problem follows.
+        """
+        problems = {}
+        for story in dict.fromkeys(stories):
+            try:
+                self.words(story)
+            except DataError as error:
+                problems[story] = str(error)
+        if problems:
+            raise DataError(
+                f"{why} need the transcripts of {len(problems)} {'story' if len(problems) == 1 else 'stories'} "
+                "without a readable one "
+                f"({_listing(problems)}): " + "; ".join(problems.values())
+            )
 
     def phones(self, story: str) -> list[Interval]:
         """Non-empty intervals of the TextGrid's phone tier ("phone" or "phones", any case)."""
@@ -408,8 +482,14 @@ class Dataset:
         with _open_hdf5(path) as f:
             return list(f)
 
-    def roi_mask(self, subject: str, name: str) -> np.ndarray:
+    def roi_mask(self, subject: str, name: str, n_voxels: int | None = None) -> np.ndarray:
         """One of the subject's ROI masks, checked as in :meth:`roi_masks`.
+
+        Parameters
+        ----------
+        n_voxels : int, optional
+            The voxel count to check the mask against; by default :meth:`n_voxels`, which
+            fails when any response file does (``core.data.check`` passes the count it found).
 
         Returns
         -------
@@ -422,7 +502,8 @@ class Dataset:
             )
         path = self.roi_path(subject)
         with _open_hdf5(path) as f:
-            return _roi_mask(f[name], name, self.n_voxels(subject), subject, path)
+            n_voxels = self.n_voxels(subject) if n_voxels is None else n_voxels
+            return _roi_mask(f[name], name, n_voxels, subject, path)
 
     def roi_masks(self, subject: str) -> dict[str, np.ndarray]:
         """The subject's ROI masks from ``derivative/rois/<SUBJECT>.hf5`` ({} if absent).
@@ -565,6 +646,15 @@ class Dataset:
                 f"available: {_listing(available)}"
             )
         return names
+
+
+def is_marker(label: str) -> bool:
+    """Whether a word-tier label is a non-speech marker (:data:`NON_SPEECH`), not a word.
+
+    Compared as the reference does: lower-cased, braces and spaces stripped, so ``{LG}``,
+    ``sp`` and ``SENTENCE_START`` are markers.
+    """
+    return label.strip().lower().strip("{}").strip() in NON_SPEECH
 
 
 def write_responses(path: str | Path, data: np.ndarray, repeats: np.ndarray | None = None) -> None:

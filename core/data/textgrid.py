@@ -1,9 +1,20 @@
-"""Praat TextGrid files: read the long and short text formats, write the long one.
+"""Praat TextGrid files: read Praat's three text formats, write the long one.
 
-Both text formats hold the same sequence of numbers and quoted strings; the long format
-only adds labels (``xmin =``, ``intervals [3]:``) around them. So the reader tokenises the
-file into numbers, strings and ``<exists>``/``<absent>`` flags, drops everything else, and
-reads the values in their fixed order. That one path parses both formats.
+The long and short text formats hold the same sequence of numbers and quoted strings; the
+long format only adds labels (``xmin =``, ``intervals [3]:``) around them. So the reader
+tokenises the file into numbers, strings and ``<exists>``/``<absent>`` flags, drops
+everything else (``!`` comments included), and reads the values in their fixed order. That
+one path parses both formats.
+
+The chronological text format (``"Praat chronological TextGrid text file"``, that of
+ds003020's legacy and exorcism TextGrids) lists the tiers' headers (class, name, xmin,
+xmax; no counts) and then every interval or point of every tier in time order, each as the
+1-based number of its tier, its times (xmin and xmax, or the point's time) and its label.
+The same tokens read it; each tier's items come back in file order.
+
+Files are decoded as Praat writes them: UTF-8 (with or without BOM), UTF-16 (with or
+without BOM) or Latin-1. A file in none of these formats (e.g. Praat's binary format) is one
+:class:`~core.errors.DataError` naming the file and the formats read.
 
 Example
 -------
@@ -45,8 +56,12 @@ _TOKEN = re.compile(
 )
 
 
+_CHRONOLOGICAL = "Praat chronological TextGrid text file"
+_FORMATS = "Praat's long, short or chronological text format"
+
+
 def read_textgrid(path: str | Path) -> dict[str, list[Interval]]:
-    """Read a Praat TextGrid in the long or short text format.
+    """Read a Praat TextGrid in the long, short or chronological text format.
 
     Parameters
     ----------
@@ -63,20 +78,25 @@ def read_textgrid(path: str | Path) -> dict[str, list[Interval]]:
     Raises
     ------
     DataError
-        The file is missing, is not a text TextGrid, or a value is missing or malformed.
+        The file is missing, is in none of the three text formats, or a value is missing
+        or malformed.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read TextGrid ({e.strerror or e})") from None
-    tokens = _Tokens(path, _tokenise(_decode(raw)))
-    file_type, object_class = tokens.string("file type"), tokens.string("object class")
-    if not file_type.startswith("ooTextFile") or object_class != "TextGrid":
-        raise DataError(
-            f'{path}: expected a text TextGrid ("ooTextFile", "TextGrid"), '
-            f"found {file_type!r}, {object_class!r}"
-        )
+    text = _decode(raw)
+    tokens = _Tokens(path, _tokenise(text))
+    first = tokens.tokens[0] if tokens.tokens else ("nothing", "")
+    if first == ("string", _CHRONOLOGICAL):
+        tokens.position = 1
+        return _read_chronological(tokens)
+    second = tokens.tokens[1] if len(tokens.tokens) > 1 else ("nothing", "")
+    if first[0] != "string" or not first[1].startswith("ooTextFile") or second != ("string", "TextGrid"):
+        found = text.lstrip()[:60].split("\n")[0].strip()
+        raise DataError(f"{path}: not a TextGrid in {_FORMATS} (it starts with {found!r})")
+    tokens.position = 2
     tokens.number("xmin")
     tokens.number("xmax")
     if tokens.flag() == "<absent>":
@@ -233,6 +253,40 @@ def _read_tier(tokens: _Tokens) -> tuple[str, list[Interval]]:
         f"{tokens.path}: tier {name!r} has class {tier_class!r}, "
         'expected "IntervalTier" or "TextTier"'
     )
+
+
+def _read_chronological(tokens: _Tokens) -> dict[str, list[Interval]]:
+    """The rest of a chronological file, after its first line (see the module docstring)."""
+    tokens.number("xmin")
+    tokens.number("xmax")
+    headers = []
+    for _ in range(tokens.count("number of tiers")):
+        tier_class = tokens.string("tier class")
+        name = tokens.string("tier name")
+        if tier_class not in ("IntervalTier", "TextTier"):
+            raise DataError(
+                f"{tokens.path}: tier {name!r} has class {tier_class!r}, "
+                'expected "IntervalTier" or "TextTier"'
+            )
+        tokens.number(f"xmin of tier {name!r}")
+        tokens.number(f"xmax of tier {name!r}")
+        headers.append((tier_class, name))
+    items: list[list[Interval]] = [[] for _ in headers]
+    while tokens.position < len(tokens.tokens):
+        number = tokens.count("tier number")
+        if not 1 <= number <= len(headers):
+            raise DataError(
+                f"{tokens.path}: an item of tier {number} at value {tokens.position}, "
+                f"but the file has {len(headers)} tiers"
+            )
+        tier_class, name = headers[number - 1]
+        start = tokens.number(f"time of an item in tier {name!r}")
+        end = tokens.number(f"xmax of an item in tier {name!r}") if tier_class == "IntervalTier" else start
+        items[number - 1].append(Interval(start, end, tokens.string(f"text of an item in tier {name!r}")))
+    tiers: dict[str, list[Interval]] = {}
+    for (_, name), intervals in zip(headers, items):
+        tiers.setdefault(name, intervals)
+    return tiers
 
 
 def _fill_gaps(name: str, intervals: list[Interval], duration: float) -> list[Interval]:

@@ -88,6 +88,26 @@ def story_cnn(model, padded: torch.Tensor, segment_frames: int = 1000) -> torch.
     return torch.cat(out)
 
 
+def cut_windows(sequence: torch.Tensor, starts: np.ndarray, length: int, hop: int) -> torch.Tensor:
+    """Rows ``starts[i] : starts[i] + length`` of ``sequence``, for starts on a grid of ``hop``.
+
+    The windows are picked from an ``unfold`` view of ``sequence`` on its own device, so the
+    only index is one integer per window (an index per sample would be ~74 MB of int64 per
+    step at base-plus' 10-TR blocks, built on the CPU and copied to the GPU).
+
+    Parameters
+    ----------
+    sequence : tensor of shape (n, ...), e.g. padded audio (n_samples,) or CNN frames (n_frames, channels).
+    starts : int array of shape (n_windows,), multiples of ``hop``.
+
+    Returns
+    -------
+    tensor of shape (n_windows, length, ...)
+    """
+    view = sequence.unfold(0, length, hop)  # (n_positions, ..., length), a view
+    return view[torch.from_numpy(starts // hop).to(sequence.device)].movedim(-1, 1)
+
+
 def window_vectors(
     model,
     padded: torch.Tensor,
@@ -115,11 +135,9 @@ def window_vectors(
     starts = windows.ends[ids]
     if cnn is not None:
         frames = backbones.conv_output_length(spec.window_samples, config)
-        rows = torch.from_numpy(starts // backbones.frame_hop(config))[:, None] + torch.arange(frames)[None, :]
-        feats = cnn[rows.to(cnn.device)]
+        feats = cut_windows(cnn, starts // backbones.frame_hop(config), frames, 1)
     else:
-        offsets = torch.arange(spec.window_samples)
-        audio = padded[torch.from_numpy(starts)[:, None] + offsets[None, :]]
+        audio = cut_windows(padded, starts, spec.window_samples, spec.frame_samples)
         with torch.no_grad():
             feats = backbones.cnn_features(model, audio)
     states = backbones.encode(model, feats, max(layers))

@@ -13,8 +13,10 @@ stories' words (mean Pearson r over the family's target dimensions). Families:
   teacher's features at the planted layer (driven by the planted change) and at the
   dataset's low layer (untouched by it).
 
-A layer's feature at a word is the mean of the window vectors of the windows that end
-inside the word (the window ending first after the word's end when none does).
+The words are the spoken words of the stories' TextGrids (:meth:`core.data.dataset.Dataset.words`:
+non-speech markers such as ``sp`` or ``{LG}`` left out, as the reference does). A layer's
+feature at a word is the mean of the window vectors of the windows that end inside the
+word (the window ending first after the word's end when none does).
 
 Example
 -------
@@ -215,8 +217,11 @@ def truth_layers(dataset) -> dict[str, int]:
     return {"planted": spec["planted_layers"][0], "unchanged": spec["low_layer"]}
 
 
-def check(names: list[str], dataset) -> None:
-    """Fail early, before training, on a family that cannot be made (a missing file, no synthetic truth)."""
+def check(names: list[str], dataset, stories=()) -> None:
+    """Fail early, before training, on a family that cannot be made (a missing file, no synthetic truth)
+    or on a story of ``stories`` (those the probes read: training and test) without a readable transcript."""
+    if names and stories:
+        dataset.check_transcripts(stories, f"probes ({', '.join(names)})")
     for name in names:
         source = name[len(SEMANTIC_PROBE):]
         if name.startswith(SEMANTIC_PROBE) and not Path(source).exists() and _vector_folder(source) is None:

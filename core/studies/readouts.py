@@ -15,9 +15,9 @@ __all__ = ["ridge_readout", "fit_bottleneck_readouts"]
 def ridge_readout(fit, outputs: np.ndarray, config, device: torch.device) -> Readout:
     """A readout of rank ``config.bottleneck`` initialised from a ridge fit (its best rank-k approximation)."""
     torch.manual_seed(config.seed)
-    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck)
-    readout.set_linear(*ridge_as_linear(fit, outputs))
-    return readout.to(device)
+    readout = Readout(fit.weights.shape[0], len(outputs), config.bottleneck).to(device)
+    readout.set_linear(*ridge_as_linear(fit, outputs))  # on the device: see Readout.set_linear
+    return readout
 
 
 def fit_bottleneck_readouts(features: dict[str, dict[str, np.ndarray]], responses, readouts: dict[str, Readout],

@@ -204,8 +204,12 @@ def _write_subject(root: Path, subject: str, spec: SynthSpec, r: dict, signals: 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write the dataset to")
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                        help="stories, TRs, voxels and model of the dataset (SIZES in core/synthetic/spec.py): tiny for "
+                             "tests, demo for the demo sweep, recovery and multi for the planted-recovery studies "
+                             "(default: tiny)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of everything random (sound, model, planted change, noise); same seed, same files (default: 0)")
     parser.add_argument("--response-model", choices=RESPONSE_MODELS,
                         help="how teacher features become responses (default: the size's, fir)")
     parser.add_argument("--pretrained", default="",

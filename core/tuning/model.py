@@ -84,20 +84,30 @@ class Readout(nn.Module):
     def set_linear(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Set the readout to the linear map ``x @ weight + bias`` (best rank-k approximation with a bottleneck).
 
+        The rank-k factors come from the eigendecomposition of ``weight @ weight.T``
+        (n_in x n_in) on the readout's device, not from an SVD of the whole map: with
+        n_out ~ 95,000 voxels that SVD takes ~1,000 s on two CPU threads.
+
         Parameters
         ----------
-        weight : array of shape (n_in, n_out)
+        weight : float32 array of shape (n_in, n_out)
         bias : array of shape (n_out,)
         """
-        w = torch.as_tensor(weight, dtype=torch.float32)
+        device = self.up.weight.device
+        w = torch.as_tensor(weight).to(device, torch.float32)  # no copy for a float32 array on the CPU
         if self.bottleneck:
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)
-            k = min(self.bottleneck, len(s))
-            root = s[:k].sqrt()
+            # eigh in float64: the Gram matrix is small, and its eigenvalues are the squared singular values
+            eigvals, eigvecs = torch.linalg.eigh((w @ w.T).double())
+            k = min(self.bottleneck, *w.shape)
+            top = eigvals.flip(0)[:k].clamp(min=0).sqrt().float()  # singular values s, descending
+            u = eigvecs.flip(1)[:, :k].float()  # left singular vectors, (n_in, k)
+            root = top.sqrt()
+            # up = v * sqrt(s) with v = w.T @ u / s; a zero singular value gets a zero column
+            inverse_root = torch.where(root > 0, 1 / root, torch.zeros_like(root))
             self.down.weight.zero_()
             self.up.weight.zero_()
-            self.down.weight[:k] = (u[:, :k] * root).T
-            self.up.weight[:, :k] = vh[:k].T * root
+            self.down.weight[:k] = (u * root).T
+            self.up.weight[:, :k] = (w.T @ u) * inverse_root
         else:
             self.up.weight.copy_(w.T)
         self.up.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
@@ -113,12 +123,16 @@ def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    weight : array of shape (n_features, n_outputs)
+    weight : array of shape (n_features, n_outputs), in ``fit.weights``' dtype: float32, one copy
+        of the map (the float64 standardisation is cast down first, so it never promotes the
+        map to a float64 copy).
     bias : array of shape (n_outputs,)
     """
     scale = np.divide(1.0, fit.x_std, out=np.zeros_like(fit.x_std), where=fit.x_std > 0)
-    weight = fit.weights[:, outputs] * scale[:, None]
-    return weight, fit.y_mean[outputs] - (fit.x_mean * scale) @ fit.weights[:, outputs]
+    weight = fit.weights[:, outputs]
+    bias = fit.y_mean[outputs] - ((fit.x_mean * scale).astype(weight.dtype) @ weight)
+    weight *= scale[:, None].astype(weight.dtype)
+    return weight, bias
 
 
 def readout_prediction(readout: Readout, x: torch.Tensor, outputs: np.ndarray, n_voxels: int):

@@ -5,7 +5,8 @@ ridge fitted on each subject's training stories, scored on its validation storie
 (``val_r``: weighted by the voxel weights, and per ROI) and its test stories
 (:mod:`core.encoding.evaluation`). At epoch 0 the running normalisation takes the
 training stories' statistics and (``readout_init: ridge``) each readout starts from its
-subject's ridge map. The epoch with the best ``val_r`` becomes the best one (:func:`improves`).
+subject's ridge map (again every epoch with ``readout_refit: epoch``; plain, or on
+whitened features with ``readout_whiten``: :mod:`core.tuning.readout_init`). The epoch with the best ``val_r`` becomes the best one (:func:`improves`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from core.encoding.evaluation import Evaluation, prediction_r, ridge_evaluation
 from core.tuning.batches import InputCache
 from core.tuning.members import Cohort, Member
 from core.tuning.model import BrainModel, readout_prediction, ridge_as_linear
+from core.tuning.readout_init import whitened_ridge_map
 
 
 def improves(epoch: int, val_r: float, best_val_r: float) -> bool:
@@ -50,13 +52,27 @@ def own_readout_prediction(model: BrainModel, inputs: InputCache, stories, vecto
     return readout_prediction(model.readout, x, member.outputs, len(member.voxel_weights))
 
 
-def evaluate_epoch(epoch: int, vectors: dict[str, torch.Tensor], *, model: BrainModel, inputs: InputCache,
-                   cohort: Cohort, dataset: Dataset, config: TrainConfig,
-                   progress: Callable[[str], None]) -> tuple[dict, dict[str, Evaluation]]:
+def set_readout(readout, fit, features: dict[str, np.ndarray], member: Member, dataset: Dataset, config: TrainConfig,
+                optimizer: torch.optim.Optimizer) -> None:
+    """Set a subject's readout from the epoch's ridge ``fit``, or (``readout_whiten``) a ridge on whitened features."""
+    if config.readout_whiten > 0:
+        weight, bias = whitened_ridge_map(features, dataset, member.name, member.split.train, member.outputs,
+                                          config.readout_whiten, seed=config.seed, backend=config.ridge_backend)
+    else:
+        weight, bias = ridge_as_linear(fit, member.outputs)
+    readout.set_linear(weight, bias)
+    for p in readout.parameters():  # AdamW's moments belong to the map that was replaced
+        optimizer.state.pop(p, None)
+
+
+def evaluate_epoch(epoch: int, vectors: dict[str, torch.Tensor], *, model: BrainModel,
+                   optimizer: torch.optim.Optimizer, inputs: InputCache, cohort: Cohort, dataset: Dataset,
+                   config: TrainConfig, progress: Callable[[str], None]) -> tuple[dict, dict[str, Evaluation]]:
     """Rank 0: the ridge protocol on this epoch's window ``vectors`` (story -> (n_windows, hidden_size)) for each subject.
 
     At epoch 0 it first sets the normalisation statistics and (``readout_init: ridge``)
-    each readout from its subject's ridge map. Returns the epoch's validation record
+    each readout from its subject's ridge map (:func:`set_readout`; every epoch with
+    ``readout_refit: epoch``). Returns the epoch's validation record
     (``val_r``: the subjects' validation r, mean weighted by ``subject_weights``;
     ``val_roi_r`` and ``val_readout_r``: the run's own subject's, the latter its own
     readout's) and each subject's test evaluation.
@@ -73,8 +89,8 @@ def evaluate_epoch(epoch: int, vectors: dict[str, torch.Tensor], *, model: Brain
         fit, scored = ridge_evaluation(features, dataset, m.name, m.split.train,
                                        {"val": m.split.val, "test": m.split.test}, seed=config.seed,
                                        backend=config.ridge_backend, progress=progress)
-        if epoch == 0 and config.readout_init == "ridge":
-            readout.set_linear(*ridge_as_linear(fit, m.outputs))
+        if config.readout_init == "ridge" and (epoch == 0 or config.readout_refit == "epoch"):
+            set_readout(readout, fit, features, m, dataset, config, optimizer)
         del fit
         tests[m.name] = scored["test"]
         if "val" in scored:

@@ -14,7 +14,6 @@ from core.encoding.extract import FrozenFeatures, all_window_features
 from core.encoding.features import WindowSpec
 from core.tuning.batches import InputCache
 from core.tuning.model import BrainModel
-from core.tuning.step import autocast
 
 
 class StoryFeatures:
@@ -56,18 +55,26 @@ class StoryFeatures:
             self.model.train(training)
 
     def window_vectors(self, stories, frozen: FrozenFeatures | None = None) -> dict[str, torch.Tensor]:
-        """Window vectors (n_windows, hidden_size) of ``stories``: the current model's, or ``frozen``'s."""
+        """Window vectors (n_windows, hidden_size) of ``stories``: the current model's, or ``frozen``'s (on the CPU).
+
+        Always in float32, whatever ``precision`` trains with: ``frozen``'s (epoch 0's, and
+        the pretrained side of the studies) come from the fp32 disk cache that every trial
+        and :mod:`core.encoding.baseline` share, so the current model's are computed in fp32
+        too; ``best_epoch`` and the gain then compare models, not precisions. Evaluation is
+        forward-only, so fp32 costs little next to training.
+        """
         out = {}
         with self.eval_mode():
             for story in stories:
                 if frozen is not None:
                     _, layers = frozen.window_features(self.dataset, story, self.model.readout_layers)
+                    # Mixed by the learned layer weights, on the model's device.
+                    layers = {k: torch.from_numpy(v).to(self.model.device) for k, v in layers.items()}
                     with torch.no_grad():
-                        out[story] = self.model.mix_layers({k: torch.from_numpy(v) for k, v in layers.items()}).cpu()
+                        out[story] = self.model.mix_layers(layers).cpu()
                 else:
-                    with autocast(self.device, self.config):
-                        out[story] = self.model.all_window_features(self.inputs.story_input(story, targets=False),
-                                                                    self.config.batch_windows).float().cpu()
+                    out[story] = self.model.all_window_features(self.inputs.story_input(story, targets=False),
+                                                                self.config.batch_windows).cpu()
         return out
 
     def tr_features(self, story: str, tr_times: np.ndarray, vectors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

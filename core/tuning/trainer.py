@@ -67,7 +67,7 @@ from core.encoding.features import WindowSpec
 from core.errors import ConfigError
 from core.tuning import checkpoints
 from core.tuning.batches import InputCache, cohort_blocks, worker_steps
-from core.tuning.checkpoints import Progress, seed_everything
+from core.tuning.checkpoints import Progress, restore_worker_rng, rng_states, seed_everything
 from core.tuning.distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
 from core.tuning.members import Cohort
 from core.tuning.model import StoryInput, build_model, make_optimizer
@@ -197,11 +197,14 @@ class Trainer:
         vectors = gather_to_first(self.features.window_vectors(self.cohort.stories[self.rank::self.world], frozen))
         record = tests = None
         if self.rank == 0:
-            val, tests = evaluate_epoch(epoch, vectors, model=self.model, inputs=self.inputs, cohort=self.cohort,
-                                        dataset=self.dataset, config=self.config, progress=self.progress)
+            val, tests = evaluate_epoch(epoch, vectors, model=self.model, optimizer=self.optimizer, inputs=self.inputs,
+                                        cohort=self.cohort, dataset=self.dataset, config=self.config,
+                                        progress=self.progress)
             record = {"epoch": epoch, "train_loss": train_loss, **val, "seconds": round(time.time() - started, 2)}
         del vectors
         record = broadcast(record)
+        if epoch > 0 and self.config.readout_refit == "epoch":  # rank 0 set the readouts again
+            broadcast_([p.data for readout in self.model.readouts() for p in readout.parameters()])
         state = self.state
         state.history.append(record)
         state.epoch = epoch
@@ -244,13 +247,19 @@ class Trainer:
     # -- checkpoints and the end --------------------------------------------------------
 
     def _save(self, path: Path) -> None:
+        # Every worker's own RNG states (rank -> states), so that each resumes exactly; every worker calls _save.
+        rng = gather_to_first({self.rank: rng_states(self.device)})
         if self.rank == 0:
             checkpoints.save(path, self.state, config=self.config, subject=self.subject, model=self.model,
-                             optimizer=self.optimizer)
+                             optimizer=self.optimizer, rng=rng)
 
     def _load(self, path: Path, restore_rng: bool) -> Progress:
-        return checkpoints.load(path, config=self.config, subject=self.subject, model=self.model,
-                                optimizer=self.optimizer, restore_rng=restore_rng)
+        state, rng = checkpoints.load(path, config=self.config, subject=self.subject, model=self.model,
+                                      optimizer=self.optimizer)
+        if restore_rng:
+            restore_worker_rng(rng, self.rank, self.world, self.device, self.config.seed, state.epoch,
+                               lambda message: self.progress(f"{path}: {message}"))
+        return state
 
     @contextmanager
     def best_epoch(self):
