@@ -44,11 +44,13 @@ class RunResult:
     evaluations : ``baseline``, ``tuned``, ``tuned_readout`` -> :class:`core.encoding.evaluation.Evaluation`
         of the run's subject on its test stories (per-voxel ``r`` of shape (n_voxels,)).
     loop_seconds : seconds inside the training loop and the studies.
+    trainer : the run's trainer; its model holds the last epoch's weights.
     """
 
     summary: dict
     evaluations: dict[str, Evaluation]
     loop_seconds: float
+    trainer: Trainer
 
 
 def check_studies(config: TrainConfig, dataset: Dataset, subject: str) -> None:
@@ -98,7 +100,7 @@ def run(config: TrainConfig, dataset: Dataset, subject: str, out, *,
                             for other, pair in transferred.items()},
                "probes": probed, "failed_studies": failed, **summary}
     evaluations = {name: trainer.evaluations[name] for name in ("baseline", "tuned", "tuned_readout")}
-    result = RunResult(summary, evaluations, time.perf_counter() - started)
+    result = RunResult(summary, evaluations, time.perf_counter() - started, trainer)
     if write:
         write_results(Path(out), result)
     return result

@@ -181,7 +181,7 @@ def _devices_given_to_the_trainer(monkeypatch, tmp_path, settings: dict, workers
     from sweeper import trial
 
     given = []
-    monkeypatch.setattr(trial, "train", lambda *args, **kwargs: given.append(args[5]) or (None, 0.0))
+    monkeypatch.setattr(trial, "train", lambda *args, **kwargs: given.append(args[5]) or ({}, 0.0))
     monkeypatch.setattr(trial, "final_metrics", lambda summary, seconds: {})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     monkeypatch.setattr(tune, "report", lambda metrics: None)

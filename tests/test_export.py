@@ -17,11 +17,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from core import export, train
+from core import export
 from core.backbones import cnn_features, encode
 from core.cli import run
 from core.config import TrainConfig
 from core.data.dataset import Dataset
+from core.run import run as run_training
 from core.tuning.trainer import Trainer
 from tests.test_backbones import audio, tiny
 
@@ -45,9 +46,7 @@ def trained_run(family: str, data, tmp_path) -> tuple[Trainer, str]:
     config = TrainConfig(model=model, readout_layer=LAYER, lora_layers=[1, 2], lora_targets=["q_proj", "v_proj"],
                          epochs=1, block_trs=35, bottleneck=8, lr=1e-2, context=0.75, chunk=0.25, stride=1.0,
                          device="cpu")
-    trainer = Trainer(config, Dataset(data), "UTS01", tmp_path / "run")
-    train.write_results(trainer.out, trainer, trainer.fit())
-    return trainer, model
+    return run_training(config, Dataset(data), "UTS01", tmp_path / "run").trainer, model
 
 
 @pytest.mark.parametrize("family", ["wavlm", "hubert"])

@@ -89,3 +89,13 @@ def broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def data_parallel(model: torch.nn.Module, find_unused_parameters: bool) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel``, every worker starting from rank 0's parameters and statistics."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # DDP starts every worker from rank 0's parameters (epoch 0 set the readout there);
+    # the normalisation statistics too, once: after that each step averages them.
+    broadcast_([model.norm.mean, model.norm.var])
+    return DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)

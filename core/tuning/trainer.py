@@ -68,7 +68,8 @@ from core.errors import ConfigError
 from core.tuning import checkpoints
 from core.tuning.batches import InputCache, cohort_blocks, worker_steps
 from core.tuning.checkpoints import Progress, restore_worker_rng, rng_states, seed_everything
-from core.tuning.distributed import all_reduce_mean, barrier, broadcast, broadcast_, gather_to_first, rank_and_world
+from core.tuning.distributed import (all_reduce_mean, barrier, broadcast, broadcast_, data_parallel, gather_to_first,
+                                     rank_and_world)
 from core.tuning.members import Cohort
 from core.tuning.model import StoryInput, build_model, make_optimizer
 from core.tuning.protocol import evaluate_epoch, improves, own_readout_prediction
@@ -143,7 +144,8 @@ class Trainer:
         return self.cohort.subjects
 
     @property
-    def evaluations(self):
+    def evaluations(self) -> dict:
+        """The test evaluations so far (see the class docstring)."""
         return self.state.evaluations
 
     # -- the run ------------------------------------------------------------------------
@@ -229,20 +231,12 @@ class Trainer:
 
     def _network(self):
         """The model to train: wrapped in DDP (made on first use, from rank 0's weights) with several workers."""
-        if self.world == 1:
-            return self.model
-        if self._parallel is None:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # DDP starts every worker from rank 0's parameters (epoch 0 set the readout there);
-            # the normalisation statistics too, once: after that each step averages them.
-            broadcast_([self.model.norm.mean, self.model.norm.var])
+        if self.world > 1 and self._parallel is None:
             # A co-trained subject's readout gets no gradient from a story it has no responses to.
             partial = (self.cohort.interleaved(self.config)
                        or any(len(m.split.train) < len(self.train_stories) for m in self.members))
-            self._parallel = DistributedDataParallel(self.model, broadcast_buffers=False,
-                                                     find_unused_parameters=self.config.layerdrop > 0 or partial)
-        return self._parallel
+            self._parallel = data_parallel(self.model, find_unused_parameters=self.config.layerdrop > 0 or partial)
+        return self._parallel if self._parallel is not None else self.model
 
     # -- checkpoints and the end --------------------------------------------------------
 
