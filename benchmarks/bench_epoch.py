@@ -4,13 +4,13 @@
                                      [--block-trs 10] [--voxels 95000] [--steps 5] [--compile]
                                      [--sdpa auto|math|efficient|cudnn] [--peak-tflops X] [--json FILE]
 
-The model is built as the trainer builds it (:func:`core.model.adapt`, :class:`core.model.BrainModel`,
-:func:`core.wavlm.load_wavlm` on a checkpoint written with ``save_pretrained``), from random
+The model is built as the trainer builds it (:func:`core.tuning.model.adapt`, :class:`core.tuning.model.BrainModel`,
+:func:`core.backbones.load_backbone` on a checkpoint written with ``save_pretrained``), from random
 weights: ``--size base`` is microsoft/wavlm-base-plus's geometry (``WavLMConfig()``'s
 defaults: 12 layers x 768, 12 heads, feed-forward 3072, a 512-channel CNN with GroupNorm,
 post-LN), read out at layer 9, LoRA rank 4 (alpha 4, dropout 0.1) on q/k/v of layers 1-9,
 a 100-rank readout to 95,000 voxels, spatial loss, AdamW. With a GroupNorm CNN the
-story-level CNN cache is off (``core.wavlm.cnn_slicing_is_exact``), so every window runs
+story-level CNN cache is off (``core.backbones.cnn_slicing_is_exact``), so every window runs
 the CNN, as in the paper. ``--size tiny`` is a 2-layer, 32-wide model of the same kind
 (read out at layer 2) that runs in well under a minute on a CPU.
 
@@ -138,18 +138,19 @@ def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: 
     """The model, its optimiser, a prepared synthetic story and the config, as the trainer has them."""
     from transformers import WavLMConfig, WavLMModel
 
+    from core.backbones import adapt
+    from core.backbones import load_backbone
     from core.config import TrainConfig
-    from core.features import WindowSpec
-    from core.model import BrainModel, adapt
-    from core.synth import story_duration, tr_times
-    from core.wavlm import load_wavlm
+    from core.encoding.features import WindowSpec
+    from core.synthetic import story_duration, tr_times
+    from core.tuning.model import BrainModel
 
     torch.manual_seed(0)
     wavlm_config = WavLMConfig(**SIZES[size])
     WavLMModel(wavlm_config).save_pretrained(root / "pretrained")
     layer = readout_layer or min(9, wavlm_config.num_hidden_layers)
     config = TrainConfig(readout_layer=layer, block_trs=block_trs, precision=precision, device=str(device))
-    net = load_wavlm(str(root / "pretrained"), layerdrop=config.layerdrop, dropout=config.dropout)
+    net = load_backbone(str(root / "pretrained"), layerdrop=config.layerdrop, dropout=config.dropout)
     trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank, config.lora_alpha,
                       config.lora_dropout)
     spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
@@ -185,9 +186,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from core.cli import quiet_libraries
-    from core.dataset import TR
-    from core.extract import window_vectors
-    from core.loss import loss_fn
+    from core.data.dataset import TR
+    from core.encoding.extract import window_vectors
+    from core.tuning.loss import loss_fn
 
     quiet_libraries()
     args.steps = args.steps or (3 if args.size == "tiny" else 5)

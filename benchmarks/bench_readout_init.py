@@ -1,8 +1,8 @@
 """Time and peak memory of the epoch-0 readout initialisation from a ridge map (issue 19, defect 6).
 
 A trial with ``readout_init: ridge`` sets its rank-k readout from the ridge map of shape
-(3,072 features, ~95,000 voxels): :func:`core.model.ridge_as_linear` then
-:meth:`core.model.Readout.set_linear`. This runs, side by side, the current path
+(3,072 features, ~95,000 voxels): :func:`core.tuning.model.ridge_as_linear` then
+:meth:`core.tuning.model.Readout.set_linear`. This runs, side by side, the current path
 (``new``: rank-k factors from the eigendecomposition of ``W W^T``, float32 throughout)
 and the one it replaced (``old``, kept here only as the reference: a float64 copy of the
 map, then a full SVD of it), each in its own subprocess on the same random ridge fit, and
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.model import Readout, ridge_as_linear
-from core.ridge import RidgeFit
+from core.encoding.ridge import RidgeFit
+from core.tuning.model import Readout, ridge_as_linear
 
 COMPARED_VOXELS = 2000
 

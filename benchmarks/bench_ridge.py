@@ -1,4 +1,4 @@
-"""Time ``core.ridge.fit_ridge`` against himalaya's ``solve_ridge_cv_svd``, side by side.
+"""Time ``core.encoding.ridge.fit_ridge`` against himalaya's ``solve_ridge_cv_svd``, side by side.
 
 Default sizes are one subject-scale problem cut down to run in about a minute on a
 laptop: X (2000 TRs x 3072 features = 4 delays x 768), Y (2000 TRs x 2000 voxels),
@@ -28,7 +28,7 @@ from himalaya.backend import get_backend, set_backend
 from himalaya.ridge import solve_ridge_cv_svd
 from himalaya.scoring import r2_score
 
-from core.ridge import ALPHAS, _feature_statistics, _standardise, chunk_splits, fit_ridge
+from core.encoding.ridge import ALPHAS, _feature_statistics, _standardise, chunk_splits, fit_ridge
 
 
 def machine_info() -> dict:

@@ -1,4 +1,4 @@
-"""Peak memory and time of ``core.baseline`` (and ``core.train``) on a real-shaped subject.
+"""Peak memory and time of ``core.encoding.baseline`` (and ``core.train``) on a real-shaped subject.
 
 Writes one subject shaped like ds003020 (issue 10): 29 stories of 300-420 rows (26
 training, the 2 validation stories, ``wheretheressmoke`` with 5 repeats), float32
@@ -35,8 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.dataset import PAPER_TEST, PAPER_VAL, RESPDICT_PAD, SOUND_START, TR, TRIM_END, TRIM_START
-from core.dataset import write_respdict, write_roi_masks, write_wav
+from core.data.dataset import PAPER_TEST, PAPER_VAL, RESPDICT_PAD, SOUND_START, TR, TRIM_END, TRIM_START
+from core.data.dataset import write_respdict, write_roi_masks, write_wav
 
 SUBJECT = "UTS01"
 N_TRAIN = 26
@@ -62,7 +62,7 @@ def _speechlike(n_samples: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_shared(root: Path, lengths: dict[str, int]) -> None:
     """Audio (covering every row's time plus a margin) and the tiny pretrained model, once."""
-    from core import synth
+    from core import synthetic as synth
 
     done = root / "shared.done"
     if done.exists():
@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--layer", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="also one epoch of core.train per voxel count")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip core.baseline (with --train: measure training only)")
+                        help="skip core.encoding.baseline (with --train: measure training only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP_NUM_THREADS of the measured commands (1 on a shared machine)")
     parser.add_argument("--json", default=str(RESULTS))

@@ -5,10 +5,10 @@
 
 For each model size it writes a small ds003020-layout dataset (one story of speech-like
 audio, random responses) and a randomly initialised WavLM of that size, builds a real
-:class:`core.trainer.Trainer`, and times on the same block of TRs:
+:class:`core.tuning.trainer.Trainer`, and times on the same block of TRs:
 
 - ``trainer``: ``Trainer.train_step`` (model forward, loss, backward, optimiser step);
-- ``bare``: the same windows' CNN features through ``core.wavlm.encode`` to the read-out
+- ``bare``: the same windows' CNN features through ``core.backbones.encode`` to the read-out
   layer, chunk pooling, a dense Lanczos matrix, delays, the readout and the loss, then
   backward: the least any implementation has to compute (no optimiser step);
 - ``trainer (no CNN cache)``: the trainer step running the CNN on every window.
@@ -45,8 +45,8 @@ STORY = "benchstory"
 def make_dataset(root: Path, size: str, n_voxels: int, n_trs: int) -> None:
     from transformers import WavLMConfig, WavLMModel
 
-    from core import dataset as ds
-    from core.synth import speechlike_audio, story_duration
+    from core.data import dataset as ds
+    from core.synthetic import speechlike_audio, story_duration
 
     torch.manual_seed(0)
     WavLMModel(WavLMConfig(**SIZES[size])).save_pretrained(root / "pretrained")
@@ -61,9 +61,9 @@ def make_dataset(root: Path, size: str, n_voxels: int, n_trs: int) -> None:
 
 def bare_step(trainer, inp, start: int, stop: int) -> None:
     """The minimal computation of one step (see the module docstring), forward and backward."""
-    from core.features import delay_features
-    from core.loss import loss_fn
-    from core.wavlm import conv_output_length, encode, frame_hop
+    from core.backbones import conv_output_length, encode, frame_hop
+    from core.encoding.features import delay_features
+    from core.tuning.loss import loss_fn
 
     model = trainer.model
     delays = model.delays
@@ -107,8 +107,8 @@ def timed(fn, steps: int, device: torch.device) -> float:
 def run_size(size: str, device: str, precision: str, steps: int, n_voxels: int, block_trs: int) -> dict:
     from core.cli import quiet_libraries
     from core.config import TrainConfig
-    from core.dataset import Dataset
-    from core.trainer import Trainer
+    from core.data.dataset import Dataset
+    from core.tuning.trainer import Trainer
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:

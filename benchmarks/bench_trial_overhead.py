@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         data = args.data
         if data is None:
-            from core.synth import SIZES, generate
+            from core.synthetic import SIZES, generate
 
             small = replace(SIZES["tiny"], n_train_stories=2, train_trs=30, val_trs=20, test_trs=25, n_voxels=40)
             data = str(generate(tmp / "data", small, progress=lambda m: None))

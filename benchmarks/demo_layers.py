@@ -1,6 +1,6 @@
 """Which adapted layer closes the planted gap: single trainer runs on a planted-teacher dataset.
 
-For each subject and each layer, one ``core.trainer.Trainer`` run with LoRA on that layer
+For each subject and each layer, one ``core.tuning.trainer.Trainer`` run with LoRA on that layer
 only, the default sweep's fixed settings (search_spaces/demo.yaml) plus ``--set``
 overrides. Prints the whole-cortex and planted-voxel validation r per epoch, and the
 planted voxels' test r of the frozen and the tuned model against the teacher's ridge (the
@@ -25,8 +25,8 @@ import torch
 import yaml
 
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.tuning.trainer import Trainer
 from sweeper.launch import teacher_ridge
 
 DEMO = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"

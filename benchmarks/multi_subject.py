@@ -2,7 +2,7 @@
 
 On a planted-teacher dataset (``core.synth`` size ``multi``: the default sweep's ``demo``
 with a third subject) every subject's responses come from one teacher, so each subject is more
-evidence about the same planted change. Four ``core.trainer.Trainer`` runs with the
+evidence about the same planted change. Four runs (``core.run.run``) with the
 fixed settings of search_spaces/multi_subject.yaml (the demo's, LoRA on the planted layer,
 4 epochs):
 
@@ -57,8 +57,8 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
 
     from core.cli import quiet_libraries
     from core.config import TrainConfig
-    from core.dataset import Dataset
-    from core.trainer import Trainer
+    from core.data.dataset import Dataset
+    from core.run import run
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -67,7 +67,7 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
     folder = Path(out) / name
     shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
-    summary = Trainer(config, Dataset(data), subject, folder).fit()
+    summary = run(config, Dataset(data), subject, folder).summary
     per_subject = {subject: {k: summary[k] for k in ("baseline", "tuned")}, **summary["cotrained"]}
     transfer = summary["transfer"][NEW_SUBJECT]
     return {"seconds": round(time.time() - started, 1), "best_epoch": summary["best_epoch"],
@@ -77,7 +77,7 @@ def one_run(name: str, data: str, out: str, overrides: list[str]) -> dict:
 
 def main(argv=None) -> None:
     from core.config import TrainConfig
-    from core.synth import SIZES, generate
+    from core.synthetic import SIZES, generate
     from sweeper.launch import teacher_ridge
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,7 +11,7 @@ Each run below is a real ``python -m core.train`` on that data; its **tuned** nu
 paper's protocol (ridge refit on the tuned model's features). ``gap closed`` is
 ``(tuned - frozen) / (teacher - frozen)`` on the high voxels. All three numbers come from
 one pipeline: the trainer's ridge (epoch 0 and the tuned refit) z-scores each story's
-features like :func:`core.baseline.run_baseline`, so its epoch-0 ridge *is* the frozen
+features like :func:`core.encoding.baseline.run_baseline`, so its epoch-0 ridge *is* the frozen
 reference; the table's ``offset`` column (trainer's epoch 0 minus frozen, high voxels)
 shows it, and a non-zero offset means the two pipelines have drifted apart. The runs:
 
@@ -24,9 +24,9 @@ shows it, and a non-zero offset means the two pipelines have drifted apart. The 
 
 - ``refit``, ``whiten``, ``whiten_refit``: LoRA as ``lora`` with the readout set again from
   every epoch's ridge (``readout_refit: epoch``), fitted on whitened features
-  (``readout_whiten``), or both (:mod:`core.readout_init`).
+  (``readout_whiten``), or both (:mod:`core.tuning.readout_init`).
 
-Before training it prints two checks (:mod:`core.recovery_checks`; ``--no-checks`` skips
+Before training it prints two checks (:mod:`core.studies.recovery_checks`; ``--no-checks`` skips
 them): the **oracle adapters** (the teacher's change written into the adapters must close
 ~100% of the gap, else the trainer's pipeline and the reference differ) and, for each run,
 the **alignment cosine** of its readout as it starts (descent direction on the window
@@ -55,12 +55,12 @@ import numpy as np
 
 from core.cli import quiet_libraries
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.baseline import run_baseline
-from core.features import WindowSpec
-from core.recovery_checks import alignment_cosine, ridge_test_r, teacher_window_vectors, write_oracle_adapters
-from core.synth import GROUPS, SIZES, generate
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.encoding.baseline import run_baseline
+from core.encoding.features import WindowSpec
+from core.studies.recovery_checks import alignment_cosine, ridge_test_r, teacher_window_vectors, write_oracle_adapters
+from core.synthetic import GROUPS, SIZES, generate
+from core.tuning.trainer import Trainer
 
 RUNS = {
     "lora": {},
@@ -96,11 +96,11 @@ def checks(data: Path, subject: str, settings: dict[str, list[str]], out: Path, 
         trainer = Trainer(TrainConfig.load(overrides=items + ["epochs=0"]), Dataset(data), subject, out / name)
         trainer.fit()  # epoch 0: the normalisation statistics and the readout as training starts
         if frozen is None:
-            frozen = trainer.window_vectors(trainer.split.train, trainer.frozen_features())
+            frozen = trainer.features.window_vectors(trainer.split.train, trainer.features.frozen())
             taught = teacher_window_vectors(trainer, teacher, trainer.split.train)
         result["alignment_cosine"][name] = alignment_cosine(trainer, frozen, taught)
     result["oracle_rank_loss"] = write_oracle_adapters(trainer, teacher)
-    r = ridge_test_r(trainer, trainer.window_vectors(trainer.stories))
+    r = ridge_test_r(trainer, trainer.features.window_vectors(trainer.cohort.stories))
     oracle = float(np.nanmean(r[high]))
     frozen_r, teacher_r = (float(np.nanmean(ref[k][high])) for k in ("frozen", "teacher"))
     result.update(oracle_high=oracle, oracle_gap_closed=(oracle - frozen_r) / (teacher_r - frozen_r))

@@ -28,8 +28,9 @@ import torch
 
 from benchmarks import planted_recovery
 from benchmarks.bench_trainer import machine
-from core import synth, tts
-from core.whisper_ct2 import cached_conversion
+from core import synthetic as synth
+from core.backbones.whisper_ct2 import cached_conversion
+from core.synthetic import tts
 
 TEXTS = [f"/usr/share/common-licenses/{name}" for name in ("GPL-3", "Apache-2.0", "MPL-2.0", "GPL-2")]
 #: Training TRs -> the demo size's stories for it (synth.TRAIN_STORY_NAMES holds 20 stories).

@@ -7,28 +7,21 @@ The public API is :data:`__all__`; each name is imported from its module on firs
     ds = Dataset("/data/ds003020")
     summary = Trainer(TrainConfig(epochs=2), ds, "UTS01", "runs/one").fit()
 
-Modules
--------
-dataset      ds003020-layout reader and writer (audio, responses, TextGrids, ROI masks, splits)
-check        ``python -m core.check``: validate a dataset folder as users have it
-features     causal windows, Lanczos interpolation to TRs, FIR delays, normalisation
-wavlm        loading WavLM checkpoints and a forward pass whose attention LoRA can adapt
-extract      window features, frozen features cached on disk, the ridge protocol's TR features
-model        the BrainWavLM model: WavLM (+ LoRA) -> windows -> TRs -> delays -> readout
-loss         training losses and ROI weighting
-metrics      per-voxel and spatial correlation, ROI summaries, noise ceiling
-ridge        ridge regression with per-voxel alphas, streamed over voxel blocks
-evaluation   the ridge protocol on held-out stories: one path for baseline, trainer and transfer
-trainer      the training loop, its per-epoch evaluation, checkpoints, data parallelism
-readout_init where the readout starts: the ridge map of an epoch's features, plain or whitened
-recovery_checks  planted data: the oracle adapters and the readout's alignment, before training
-studies      cross-subject transfer and word-level probes of a tuned model
-distributed  the collectives the trainer needs inside a torch.distributed process group
-synth        the planted-teacher synthetic dataset
-tts          prose spoken by Festival into clips with word times (real speech for synth)
-whisper_ct2  a CTranslate2 Whisper converted to a transformers checkpoint
-baseline     frozen-feature ridge baseline (``python -m core.baseline``)
+Packages and modules
+--------------------
+data         the ds003020 dataset: reader and writers, audio, TextGrids, ``python -m core.check``
+backbones    loading WavLM, HuBERT, wav2vec2 and Whisper; a forward pass LoRA adapters change; LoRA
+encoding     features, extraction, ridge, metrics, the ridge protocol, ``python -m core.baseline``
+tuning       the brain model, its loss and collectives, where the readout starts, and the Trainer: a loop
+             over named steps
+studies      readouts, cross-subject transfer and word-level probes over story features; the planted
+             data's recovery checks
+synthetic    the planted-teacher synthetic dataset (``python -m core.synth``) and TTS (``python -m core.tts``)
+run          one run end to end: fit, studies, result files; returns a :class:`core.run.RunResult`
+export       a tuned model for use without this project (``python -m core.export``)
 train        one training run (``python -m core.train``)
+config       the settings of a run (:class:`TrainConfig`), validated once
+errors       the errors a user can act on
 """
 
 from __future__ import annotations
@@ -36,22 +29,23 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Dataset": "dataset", "Split": "dataset",
+    "Dataset": "data.dataset", "Split": "data.dataset",
     "TrainConfig": "config",
-    "WindowSpec": "features", "LanczosOperator": "features", "delay_features": "features",
-    "load_wavlm": "wavlm",
-    "FrozenFeatures": "extract", "all_window_features": "extract", "to_trs": "extract",
-    "BrainModel": "model", "Readout": "model", "adapt": "model",
-    "loss_fn": "loss", "voxel_weights": "loss",
-    "pearson_r": "metrics", "spatial_r": "metrics", "noise_ceiling": "metrics", "explainable_variance": "metrics",
-    "roi_summary": "metrics",
-    "RidgeFit": "ridge", "fit_ridge": "ridge", "ALPHAS": "ridge", "ALPHA_CONVENTION": "ridge",
-    "Evaluation": "evaluation", "StoryResponses": "evaluation", "ridge_evaluation": "evaluation",
-    "score_prediction": "evaluation",
-    "Trainer": "trainer",
-    "transfer": "studies", "probe": "studies",
-    "run_baseline": "baseline",
-    "SynthSpec": "synth", "generate": "synth", "speak": "tts",
+    "WindowSpec": "encoding.features", "LanczosOperator": "encoding.features", "delay_features": "encoding.features",
+    "load_backbone": "backbones", "load_backbone": "backbones", "adapt": "backbones",
+    "FrozenFeatures": "encoding.extract", "all_window_features": "encoding.extract", "to_trs": "encoding.extract",
+    "BrainModel": "tuning.model", "Readout": "tuning.model",
+    "loss_fn": "tuning.loss", "voxel_weights": "tuning.loss",
+    "pearson_r": "encoding.metrics", "spatial_r": "encoding.metrics", "noise_ceiling": "encoding.metrics",
+    "explainable_variance": "encoding.metrics", "roi_summary": "encoding.metrics",
+    "RidgeFit": "encoding.ridge", "fit_ridge": "encoding.ridge", "ALPHAS": "encoding.ridge",
+    "ALPHA_CONVENTION": "encoding.ridge",
+    "Evaluation": "encoding.evaluation", "StoryResponses": "encoding.evaluation",
+    "ridge_evaluation": "encoding.evaluation", "score_prediction": "encoding.evaluation",
+    "Trainer": "tuning.trainer",
+    "transfer": "studies.transfer", "probe": "studies.probes",
+    "run_baseline": "encoding.baseline",
+    "SynthSpec": "synthetic.spec", "generate": "synthetic.writing", "speak": "synthetic.tts",
     "BrainsweepError": "errors", "ConfigError": "errors", "DataError": "errors",
 }
 

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .errors import BrainsweepError
+from core.errors import BrainsweepError
 
 
 def quiet_libraries() -> None:

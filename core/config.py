@@ -50,12 +50,13 @@ readout_init       ridge                          ridge (from the epoch-0 ridge 
 readout_refit      never                          never, or epoch: the readout is set again
                                                   from every epoch's ridge fit (readout_init
                                                   ridge), so it weighs the feature directions
-                                                  training has moved (core.readout_init)
+                                                  training has moved (core.tuning.readout_init)
 readout_whiten     0.0                            > 0: the ridge readout is fitted on whitened
                                                   features (this shrinkage; smaller whitens
                                                   more), so low-variance feature directions
-                                                  get weight and gradient (core.readout_init);
-                                                  0 = the plain ridge map
+                                                  get weight and gradient
+                                                  (core.tuning.readout_init); 0 = the plain
+                                                  ridge map
 seed               0                              seed of every random choice of the run
 delays             [1, 2, 3, 4]                   FIR delays in TRs
 context            3.75                           seconds of audio before each window's chunk
@@ -88,7 +89,7 @@ transfer_fractions [1.0]                          data efficiency: shares of eac
                                                   readouts see (nested subsets, >= 2
                                                   stories), tuned vs pretrained features
 probes             []                             word-level probe targets scored at the end
-                                                  (core.probes): acoustic, semantic:<GloVe
+                                                  (core.studies.probes): acoustic, semantic:<GloVe
                                                   file>, planted, unchanged (synthetic data)
 probe_layers       null                           layers probed; null = 1..readout_layer
 subjects           []                             several subjects, one backbone: the subjects
@@ -149,7 +150,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 LOSSES = ("spatial", "temporal", "mse")
@@ -158,9 +159,9 @@ READOUT_REFITS = ("never", "epoch")
 PRECISIONS = ("fp32", "bf16")
 CNN_CACHE = ("auto", "on", "off")
 SUBJECT_STEPS = ("joint", "interleaved")
-# The backends core.ridge computes on (its torch_device); cupy is himalaya's but not ours.
+# The backends core.encoding.ridge computes on (its torch_device); cupy is himalaya's but not ours.
 RIDGE_BACKENDS = ("numpy", "torch", "torch_cuda", "torch_mps")
-# Word-level probe target families (core.probes), and the prefix of the semantic one.
+# Word-level probe target families (core.studies.probes), and the prefix of the semantic one.
 PROBE_FAMILIES = ("acoustic", "planted", "unchanged")
 SEMANTIC_PROBE = "semantic:"
 REST = "rest"  # the roi_weights key for voxels in no named ROI

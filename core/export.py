@@ -13,7 +13,7 @@ trained on (it fixes which of the subject's voxels the readout predicts). Writte
 
   **Merge WavLM's adapters** (``merge_and_unload``): transformers' ``WavLMAttention``
   hands the q/k/v weights straight to ``F.multi_head_attention_forward``, so unmerged
-  adapters on them never run (BRIEF section 5; :mod:`core.wavlm`). HuBERT and wav2vec2
+  adapters on them never run (BRIEF section 5; :mod:`core.backbones`). HuBERT and wav2vec2
   call their projections, so their adapters work merged or not.
 - ``merged/``: the base checkpoint with the adapters folded into its weights
   (``save_pretrained``; ``AutoModel.from_pretrained("OUT/merged")``): the robust route,
@@ -27,7 +27,7 @@ trained on (it fixes which of the subject's voxels the readout predicts). Writte
 The checkpoint exported is the run's best epoch (``--checkpoint best``, the one whose
 features gave ``tuned``) or its last (``--checkpoint last``). Whisper runs are not
 exported: our encoder cuts Whisper's positional embeddings to the window
-(:mod:`core.wavlm`), which transformers' ``WhisperEncoder`` cannot reproduce.
+(:mod:`core.backbones`), which transformers' ``WhisperEncoder`` cannot reproduce.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .config import TrainConfig
-from .dataset import Dataset
-from .errors import ConfigError
-from .outputs import atomic_dir, write_json
-from .trainer import Trainer
-from .wavlm import FAMILIES, checkpoint_config, quiet_transformers, target_module_name
+from core.backbones import FAMILIES, checkpoint_config, quiet_transformers, target_module_name
+from core.config import TrainConfig
+from core.data.dataset import Dataset
+from core.errors import ConfigError
+from core.outputs import atomic_dir, write_json
+from core.tuning.members import Cohort
 
 __all__ = ["export", "base_model", "main"]
 
@@ -57,10 +57,10 @@ _RECIPE = (
     "x(t) = hidden_states[layer] of the exported model (transformers' output_hidden_states; "
     "several layers: the layer_weights-weighted sum) on 16 kHz mono audio. One vector per window: "
     "windows of `context + chunk` seconds every `stride` seconds, the mean of the frames of the "
-    "window's last `chunk` seconds, stamped at the window's end (core.extract.window_vectors). "
-    "Window vectors -> TR times by 3-lobe Lanczos interpolation (core.features.LanczosOperator). "
+    "window's last `chunk` seconds, stamped at the window's end (core.encoding.extract.window_vectors). "
+    "Window vectors -> TR times by 3-lobe Lanczos interpolation (core.encoding.features.LanczosOperator). "
     "z = (x - norm.mean) / sqrt(norm.var + norm_eps). Features = [z shifted by d TRs for d in "
-    "delays] concatenated (core.features.delay_features). Prediction = up(down(features)) "
+    "delays] concatenated (core.encoding.features.delay_features). Prediction = up(down(features)) "
     "(`<subject>.down.weight` absent: up(features)), one column per voxel `<subject>.voxels` "
     "(indices into the subject's response columns, derivative/preprocessed_data/<subject>/*.hf5)."
 )
@@ -158,7 +158,7 @@ def export(run_dir, data, out, checkpoint: str = "best", merged: bool = True) ->
     state = torch.load(paths[2], map_location="cpu", weights_only=False)
     if state["identity"] != config.identity():
         raise ConfigError(f"{paths[2]} holds a run with other settings than {paths[1]}")
-    members = Trainer._members(config, Dataset(data), summary["subject"])
+    members = Cohort.load(config, Dataset(data), summary["subject"]).members
     tensors, info = _readouts(config, state["model"], members)
     model = _adapted(config, summary["model"], _backbone_state(state["model"]))
     with atomic_dir(out) as tmp:
@@ -192,6 +192,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run
+    from core.cli import run
 
     sys.exit(run(main))

@@ -23,7 +23,8 @@ resumes an interrupted run where it stopped. Settings are documented in
 :mod:`core.config`.
 
 Data-parallel on one machine without Ray: ``torchrun --nproc-per-node N -m core.train ...``
-(gloo on CPU, NCCL with one GPU per process; see :mod:`core.trainer`).
+(gloo on CPU, NCCL with one GPU per process; see :mod:`core.tuning.trainer`). The run itself is
+:func:`core.run.run`.
 """
 
 from __future__ import annotations
@@ -35,43 +36,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
+from core.cli import progress, run
+from core.config import TrainConfig
 
-from .cli import progress, run
-from .config import TrainConfig
-from .errors import StudyError
-
-if TYPE_CHECKING:  # torch and the trainer load in seconds: imported where used, so --help is instant
+if TYPE_CHECKING:  # torch loads in seconds: imported where used, so --help is instant
     import torch
-
-    from .trainer import Trainer
-
-
-def write_results(out: Path, trainer: Trainer, summary: dict) -> None:
-    """Results files, each written to a temporary name first so none is ever half-written."""
-    from .outputs import atomic_write, write_json, write_voxel_results
-
-    results = trainer.results
-    arrays = {"baseline_r": results["baseline"].r, "tuned_r": results["tuned"].r,
-              "tuned_readout_r": results["tuned_readout"].r}
-    if results["tuned"].ceiling is not None:
-        arrays["ceiling"] = results["tuned"].ceiling
-    for name, write in [
-        ("voxel_r.hf5", lambda p: write_voxel_results(p, arrays, {"config": summary["config"], "subject": summary["subject"]})),
-        ("config.yaml", lambda p: p.write_text(yaml.safe_dump(summary["config"], sort_keys=False))),
-        ("summary.json", lambda p: write_json(p, summary)),
-    ]:
-        atomic_write(out / name, write)
-
-
-def raise_failed_studies(summary: dict, out: Path) -> None:
-    """After the results are written: a StudyError naming the studies that failed, if any."""
-    failed = summary.get("failed_studies") or {}
-    if failed:
-        reasons = "; ".join(f"{name}: {message}" for name, message in failed.items())
-        raise StudyError(f"{', '.join(failed)} failed after training ({reasons}). The trained model's results are in "
-                         f"{out}/summary.json and voxel_r.hf5; fix the cause and run again (a sweep: --resume): "
-                         "the run resumes from its checkpoints and repeats only the evaluation")
 
 
 def _join_torchrun(config: TrainConfig) -> torch.device | None:
@@ -102,18 +71,17 @@ def main(argv=None) -> int:
                         help="override one setting, e.g. --set lr=3e-4 --set lora_layers=[2,3] (settings listed below)")
     args = parser.parse_args(argv)
 
-    from .dataset import Dataset
-    from .trainer import Trainer
+    from core.data.dataset import Dataset
+    from core.run import raise_failed_studies
+    from core.run import run as run_training
 
     config = TrainConfig.load(args.config, args.set)
     dataset = Dataset(args.data)
     device = _join_torchrun(config)
-    trainer = Trainer(config, dataset, args.subject, args.out, progress=progress, device=device)
-    summary = trainer.fit()
-    if summary is None:  # another data-parallel worker: rank 0 writes the results
+    result = run_training(config, dataset, args.subject, args.out, progress=progress, device=device)
+    if result is None:  # another data-parallel worker: rank 0 writes the results
         return 0
-    out = Path(args.out)
-    write_results(out, trainer, summary)
+    summary, out = result.summary, Path(args.out)
     for name in ("baseline", "tuned", "tuned_readout"):
         s = summary[name]
         rois = ", ".join(f"{k} {v:.3f}" for k, v in s["roi_mean_r"].items())

@@ -27,6 +27,7 @@ from pathlib import Path
 from core.cli import progress, quiet_libraries, run
 from core.errors import ConfigError, DataError
 
+from .folder import SweepFolder
 from .space import SweepSpec, load_spec
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
@@ -35,7 +36,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "dem
 def resolve_data(data: str, root: Path = Path("data")) -> Path:
     """A dataset folder, or ``synthetic:<size>``: made under ``data/`` on first use, then reused."""
     if data.startswith("synthetic:"):
-        from core.synth import SIZES, generate
+        from core.synthetic import SIZES, generate
 
         size = data.split(":", 1)[1]
         if size not in SIZES:
@@ -59,9 +60,9 @@ def check_trials(spec: SweepSpec, data: Path, subjects: list[str], samples: int 
     """
     import optuna
 
-    from core import probes
-    from core.dataset import Dataset
-    from core.wavlm import checkpoint_config
+    from core.backbones import checkpoint_config
+    from core.data.dataset import Dataset
+    from core.studies import probes
 
     from .space import SearchSpace, train_config
     from .trial import device_problem
@@ -151,9 +152,9 @@ def check_capacity(spec: SweepSpec, local: bool) -> None:
 
 def tracking_target(args, storage: Path) -> tuple[str, str | None]:
     """Tracking URI (flag, then MLFLOW_TRACKING_URI, then SQLite in the sweep folder) and artifact location."""
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage / 'mlflow.db'}"
-    artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return uri, artifacts
+    folder = SweepFolder(storage)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or folder.default_tracking_uri()
+    return uri, folder.artifact_location(uri)
 
 
 def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path, tracking_uri: str,
@@ -163,7 +164,6 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
 
     from .progress import ProgressPrinter
     from .search import SubjectScheduler, SubjectSearcher
-    from .sync import write_sweep_file
     from .tracking import MLflowTracker
     from .trial import TrialPlan, run_trial
 
@@ -176,7 +176,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     else:
         resources = {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), resources)
-    tune_dir = storage / "tune"
+    tune_dir = SweepFolder(storage).tune
     if resume:
         if not tune.Tuner.can_restore(str(tune_dir / spec.name)):
             raise ConfigError(f"{tune_dir / spec.name}: no sweep to resume here")
@@ -192,7 +192,7 @@ def build_tuner(spec: SweepSpec, data: Path, subjects: list[str], storage: Path,
     tracker = MLflowTracker(tracking_uri, spec.name, artifact_location, sweep=record, subjects=subjects,
                             trial_dir=lambda trial: plan.trial_dir(trial.config["subject"], trial.trial_id),
                             storage=str(storage), data=str(data))
-    write_sweep_file(storage, experiment=spec.name, tracking_uri=tracking_uri, artifact_location=artifact_location,
+    SweepFolder(storage).write_sweep_file(experiment=spec.name, tracking_uri=tracking_uri, artifact_location=artifact_location,
                      sweep=record, subjects=subjects)
     return tune.Tuner(
         trainable,
@@ -221,13 +221,13 @@ def teacher_ridge(data: Path, subject: str, config: dict, progress=progress) -> 
     """Test r on the planted voxels of ridge on the teacher's features: what full recovery gives.
 
     The truth of a planted-teacher dataset (``core.synth``), measured like the frozen
-    baseline (:func:`core.baseline.run_baseline`, the teacher model in place of the
+    baseline (:func:`core.encoding.baseline.run_baseline`, the teacher model in place of the
     pretrained one) at the trial's read-out layer, windows, delays and split. Cached in
     ``truth/teacher_ridge.json``, one entry per subject and setting.
     """
-    from core.baseline import run_baseline
-    from core.dataset import Dataset
-    from core.features import WindowSpec
+    from core.data.dataset import Dataset
+    from core.encoding.baseline import run_baseline
+    from core.encoding.features import WindowSpec
 
     settings = {"subject": subject, "layer": config["readout_layer"], "delays": config["delays"],
                 "window": {k: config[k] for k in ("context", "chunk", "stride")},
@@ -316,19 +316,6 @@ def _error_line(error) -> str:
     return text[-1][:300] if text else "no error recorded"
 
 
-def write_report(tracking_uri: str, experiment: str, out: Path) -> None:
-    """The sweep's report into its MLflow parent runs and ``out``; a failure only warns (the sweep is done)."""
-    from .report import report_sweep
-
-    try:
-        sweep, folder = report_sweep(tracking_uri, experiment, out)
-    except Exception as error:  # noqa: BLE001 - e.g. MLflow down: the results are safe, the report can wait
-        progress(f"warning: no report ({type(error).__name__}: {str(error).splitlines()[0][:200]}); build it later with: "
-                 f"python -m sweeper.report --experiment {experiment} --tracking-uri {tracking_uri} --out {out}")
-        return
-    print(f"report ({sweep.kind}): {folder / 'report.md'}, also under report/ in the MLflow parent runs")
-
-
 def mlflow_ui_hint(tracking_uri: str, experiment: str) -> str:
     """How to open the sweep's MLflow page: a command that works without an activated venv, then the link."""
     from mlflow.tracking import MlflowClient
@@ -374,7 +361,7 @@ def main(argv=None) -> int:
     data_started = time.time()
     data = resolve_data(args.data or spec.data)
     data_s = time.time() - data_started
-    from core.dataset import Dataset
+    from core.data.dataset import Dataset
 
     available = Dataset(data).subjects
     subjects = args.subjects or (available if spec.subjects == "all" else spec.subjects)
@@ -406,7 +393,9 @@ def main(argv=None) -> int:
         ray.shutdown()
     print()
     print(summarize(results, spec, subjects, data))
-    write_report(tracking_uri, spec.name, storage / "report")
+    from .reports.publish import write_report
+
+    write_report(tracking_uri, spec.name, SweepFolder(storage).report)
     print(f"\nsweep finished in {time.time() - started:.0f} s (Ray start, trials, summary, report; "
           f"making or finding the data took {data_s:.0f} s before it). MLflow UI: {mlflow_ui_hint(tracking_uri, spec.name)}")
     errors = results.errors

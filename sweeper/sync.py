@@ -31,30 +31,14 @@ from mlflow.exceptions import MlflowException
 
 from core.cli import progress, quiet_libraries, run
 from core.errors import BrainsweepError, ConfigError
-from core.trainer import improves
+from core.tuning.protocol import improves
 
+from .folder import SweepFolder
+from .reports.publish import write_report
 from .trial import EpochReports
-
-SWEEP_FILE = "sweep.json"
-
 
 class TrackingError(BrainsweepError):
     """MLflow did not take the sweep's records."""
-
-
-def write_sweep_file(storage: Path, **record) -> None:
-    """What sync needs to know about a sweep (experiment, tracking, definition, subjects), in its folder."""
-    (storage / SWEEP_FILE).write_text(json.dumps(record, indent=2, default=str))
-
-
-def read_sweep_file(storage: Path) -> dict:
-    path = storage / SWEEP_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; is {storage} the folder of a sweep (--storage of sweeper.launch)?") from None
-    except ValueError as error:
-        raise ConfigError(f"{path}: unreadable ({error})") from None
 
 
 def load_trials(tune_dir: Path) -> list:
@@ -95,21 +79,21 @@ def sync(storage: Path, tracking_uri: str | None = None) -> dict[str, int]:
     """Record the sweep in ``storage`` in MLflow (see the module docstring); returns the counts of :meth:`replay`."""
     from .tracking import MLflowTracker
 
-    storage = Path(storage).resolve()
-    sweep = read_sweep_file(storage)
-    trials = load_trials(storage / "tune" / sweep["experiment"])
+    folder = SweepFolder(Path(storage).resolve())
+    sweep = folder.read_sweep_file()
+    trials = load_trials(folder.tune / sweep["experiment"])
     uri = tracking_uri or sweep["tracking_uri"]
     artifacts = sweep.get("artifact_location")
     if uri != sweep["tracking_uri"]:  # another store: artifacts as sweeper.launch would place them for it
-        artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        artifacts = folder.artifact_location(uri)
     tracker = MLflowTracker(uri, sweep["experiment"], artifacts,
                             sweep=sweep["sweep"], subjects=sweep["subjects"],
-                            trial_dir=lambda trial: storage / "trials" / trial.config["subject"] / trial.trial_id,
-                            storage=str(storage))
+                            trial_dir=lambda trial: folder.trial(trial.config["subject"], trial.trial_id),
+                            storage=str(folder.root))
 
     def results(trial) -> list[dict]:
-        folder = storage / "trials" / trial.config["subject"] / trial.trial_id
-        return trial_results(Path(trial.storage.trial_fs_path) / "result.json", folder / "summary.json")
+        out = folder.trial(trial.config["subject"], trial.trial_id)
+        return trial_results(Path(trial.storage.trial_fs_path) / "result.json", out / "summary.json")
 
     return tracker.replay(trials, results)
 
@@ -122,7 +106,8 @@ def main(argv=None) -> int:
     storage = Path(args.storage).expanduser()
     if not storage.is_dir():
         raise ConfigError(f"{storage}: sweep folder not found")
-    uri = args.tracking_uri or read_sweep_file(storage)["tracking_uri"]
+    folder = SweepFolder(storage)
+    uri = args.tracking_uri or folder.read_sweep_file()["tracking_uri"]
     progress(f"recording {storage} in MLflow at {uri}")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     try:
@@ -131,9 +116,7 @@ def main(argv=None) -> int:
         raise TrackingError(f"MLflow at {uri}: {str(error).strip().splitlines()[0][:300]} "
                             "(nothing is lost: run this command again once it answers)") from None
     print(f"synced {counts['trials']} trials: {counts['points']} metric values added")
-    from .launch import write_report
-
-    write_report(uri, read_sweep_file(storage)["experiment"], storage.resolve() / "report")
+    write_report(uri, folder.read_sweep_file()["experiment"], SweepFolder(storage.resolve()).report)
     return 0
 
 

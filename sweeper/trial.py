@@ -4,7 +4,7 @@ Every report carries the objective metrics (``best_val_r``, ``best_val_r.<ROI>``
 validation r of the best epoch so far), so Optuna and ASHA always find them. ``val_r`` is
 the paper's measure, which also chooses the best epoch: ridge refitted on the epoch's
 features of the training stories, scored on the validation stories
-(:mod:`core.trainer`); ``val_readout_r`` is the model's own readout there, for reference:
+(:mod:`core.tuning.trainer`); ``val_readout_r`` is the model's own readout there, for reference:
 
 - per epoch: ``epoch``, ``train_loss``, ``val_r``, ``val_r.<ROI>``, ``val_readout_r``, ``epoch_seconds``,
   ``best_epoch``, ``best_val_r``, ``best_val_r.<ROI>``, and ``node_id``: the Ray node that
@@ -21,7 +21,7 @@ features of the training stories, scored on the validation stories
   with ``transfer_fractions`` below 1, ``transfer_r_<P>pct.S`` and ``transfer_baseline_r_<P>pct.S``
   (ridge readouts fitted on P% of S's training stories); with
   ``probes``, ``probe_r.<family>.L<layer>`` (tuned) and ``probe_baseline_r.<family>.L<layer>``
-  (pretrained): held-out r of word-level probes (:mod:`core.probes`); with ``subjects``
+  (pretrained): held-out r of word-level probes (:mod:`core.studies.probes`); with ``subjects``
   (several subjects trained on one backbone), for each other trained subject S
   ``cotrained_test_r.S`` and ``cotrained_baseline_r.S``, each per ROI too, and per epoch
   ``val_r_subject.S`` (every trained subject's validation r; ``val_r`` is their weighted mean);
@@ -29,7 +29,7 @@ features of the training stories, scored on the validation stories
 
 A study that fails after training loses nothing: the trial's results are written and its
 final metrics reported first, then the trial ends with a :class:`core.errors.StudyError`
-(:func:`core.train.raise_failed_studies`). Such a trial counts as unfinished
+(:func:`core.run.raise_failed_studies`). Such a trial counts as unfinished
 (:func:`finished`), so a retry or ``--resume`` resumes its checkpoints and repeats only the
 evaluation.
 
@@ -43,15 +43,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.train import raise_failed_studies, write_results
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.run import RunResult, raise_failed_studies, run, write_results
 
+from .folder import SweepFolder
 from .space import train_config
 
 
@@ -67,7 +66,7 @@ class TrialPlan:
     gpus_per_worker: float = 0.0
 
     def trial_dir(self, subject: str, trial_id: str) -> Path:
-        return Path(self.storage) / "trials" / subject / trial_id
+        return SweepFolder(self.storage).trial(subject, trial_id)
 
 
 def _flat(prefix: str, summary: dict) -> dict:
@@ -142,23 +141,21 @@ def final_metrics(summary: dict, loop_seconds: float) -> dict:
 
 
 def train(config: TrainConfig, data: str, subject: str, out: Path, report, device=None) -> tuple[dict | None, float]:
-    """Run (or resume) the trainer; the first worker writes results and figures.
+    """Run (or resume) the run (:func:`core.run.run`); the first worker writes the loop time, figures and results.
 
     Returns (summary, loop seconds); the summary is None on the other workers.
     """
     reports = EpochReports()
     node = _node_id()
-    trainer = Trainer(config, Dataset(data), subject, out, device=device,
-                      on_epoch=lambda record: report({**reports.epoch(record), "node_id": node}))
-    started = time.perf_counter()
-    summary = trainer.fit()
-    seconds = time.perf_counter() - started
-    if trainer.rank == 0:
-        (out / "loop_seconds.json").write_text(json.dumps({"loop_seconds": seconds}))
-        _figures(out, trainer, summary)
-        # summary.json last: its presence means the trial is complete (see finished()).
-        write_results(out, trainer, summary)
-    return summary, seconds
+    result = run(config, Dataset(data), subject, out, device=device, write=False,
+                 on_epoch=lambda record: report({**reports.epoch(record), "node_id": node}))
+    if result is None:
+        return None, 0.0
+    (out / "loop_seconds.json").write_text(json.dumps({"loop_seconds": result.loop_seconds}))
+    _figures(out, result)
+    # summary.json last: its presence means the trial is complete (see finished()).
+    write_results(out, result)
+    return result.summary, result.loop_seconds
 
 
 def reserved_device(setting: str):
@@ -218,15 +215,18 @@ def finished(config: TrainConfig, out: Path) -> tuple[dict, float] | None:
     return (summary, seconds) if same and not summary.get("failed_studies") else None
 
 
-def _figures(out: Path, trainer: Trainer, summary: dict) -> None:
+def _figures(out: Path, result: RunResult) -> None:
     from . import plots
+
+    summary = result.summary
 
     def rois(s):
         return {"all": s["mean_r"], **s["roi_mean_r"]}
 
     title = f"{summary['subject']}: best epoch {summary['best_epoch']}"
     plots.roi_bar_chart(out / "roi_r.png", rois(summary["baseline"]), rois(summary["tuned"]), title)
-    plots.voxel_r_histogram(out / "voxel_r_hist.png", trainer.results["baseline"].r, trainer.results["tuned"].r, title)
+    plots.voxel_r_histogram(out / "voxel_r_hist.png", result.evaluations["baseline"].r, result.evaluations["tuned"].r,
+                           title)
 
 
 def run_trial(config: dict, plan: TrialPlan) -> None:
@@ -276,7 +276,7 @@ def _run_distributed(config: TrainConfig, plan: TrialPlan, subject: str, out: Pa
                                      resources_per_worker={"CPU": plan.cpus_per_worker,
                                                            **({"GPU": plan.gpus_per_worker} if use_gpu else {})}),
         # A fixed name per trial: a retried trial finds its own Train run again.
-        run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(plan.storage).resolve() / "train"),
+        run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(SweepFolder(plan.storage).train),
                              callbacks=[TuneReportCallback()]),
     )
     trainer.fit()

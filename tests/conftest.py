@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.cli import quiet_libraries
-from core.synth import SIZES, generate
+from core.synthetic import SIZES, generate
 
 # A smaller planted-teacher dataset for tests that train: 2 training stories of 30 TRs.
 SMALL = replace(SIZES["tiny"], n_train_stories=2, train_trs=30, val_trs=20, test_trs=25, n_voxels=40)

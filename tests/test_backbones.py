@@ -1,7 +1,7 @@
 """HuBERT, wav2vec2 and Whisper backbones (issue 13): tiny models built from configs, no hub access.
 
 Each family is loaded as its own transformers class (no weight drawn at random), our
-forward pass (core.wavlm.encode) is checked against transformers' hidden states and
+forward pass (core.backbones.encode) is checked against transformers' hidden states and
 LayerDrop, LoRA added by the trainer's own ``adapt`` changes the read-out layer and gets
 gradients, and a trainer run with such a checkpoint as ``model`` trains its adapters.
 Whisper's log-mel is checked against transformers' ``WhisperFeatureExtractor``.
@@ -22,12 +22,12 @@ from transformers import (
     WhisperModel,
 )
 
-from core import wavlm
+from core import backbones
+from core.backbones import adapt
 from core.config import TrainConfig
-from core.dataset import Dataset
+from core.data.dataset import Dataset
 from core.errors import ConfigError
-from core.model import adapt
-from core.trainer import Trainer
+from core.tuning.trainer import Trainer
 
 N_LAYERS = 3
 FAMILIES = {"hubert": (HubertConfig, HubertModel), "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
@@ -55,7 +55,7 @@ def tiny(family: str, seed: int = 0, **extra):
 
 def forward(model, x: torch.Tensor, **kwargs):
     """transformers' own forward of a tiny model on audio ``x`` (Whisper: on its feature extractor's log-mel)."""
-    if wavlm.is_whisper(model.config):
+    if backbones.is_whisper(model.config):
         extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=int(WHISPER_SECONDS),
                                             n_samples=x.shape[1], nb_max_frames=x.shape[1] // 160)
         mel = extractor(list(x.numpy()), sampling_rate=16000, return_tensors="pt").input_features
@@ -81,7 +81,7 @@ def test_encode_matches_transformers(family, stable):
     x = torch.stack([audio(seconds, 1), audio(seconds, 2)])
     with torch.no_grad():
         expected = forward(model, x, output_hidden_states=True).hidden_states
-        states = wavlm.encode(model, wavlm.cnn_features(model, x), N_LAYERS)
+        states = backbones.encode(model, backbones.cnn_features(model, x), N_LAYERS)
     assert len(states) == len(expected) == N_LAYERS + 1
     # For pre-LN checkpoints transformers' last hidden state has the encoder's final
     # LayerNorm applied; ours is the layer's output (as for WavLM, see test_wavlm).
@@ -105,13 +105,13 @@ def test_layerdrop_follows_transformers_including_the_first_layer(family):
     # Whisper's last hidden state has the encoder's final LayerNorm applied (see test_encode_matches_transformers).
     last = model.layer_norm if family == "whisper" else (lambda h: h)
     with torch.no_grad():
-        cnn = wavlm.cnn_features(model, x)
+        cnn = backbones.cnn_features(model, x)
         first_skipped = False
         for seed in range(8):
             torch.manual_seed(seed)
             expected = forward(model, x).last_hidden_state
             torch.manual_seed(seed)
-            states = wavlm.encode(model, cnn, N_LAYERS)
+            states = backbones.encode(model, cnn, N_LAYERS)
             torch.testing.assert_close(last(states[-1]), expected, rtol=0, atol=1e-5)
             first_skipped |= torch.equal(states[1], states[0])
         assert first_skipped  # unlike WavLM, these families may drop their first layer
@@ -122,16 +122,16 @@ def test_lora_changes_the_read_out_layer_and_gets_gradients(family):
     model = tiny(family)
     x = audio(0.5, 6)[None]
     with torch.no_grad():
-        cnn = wavlm.cnn_features(model, x)
-        before = wavlm.encode(model, cnn, N_LAYERS)
+        cnn = backbones.cnn_features(model, x)
+        before = backbones.encode(model, cnn, N_LAYERS)
     trainable = adapt(model, [2], ["q_proj", "k_proj", "v_proj"], rank=4, alpha=4, dropout=0.0)
     assert len(trainable) == 6 and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     with torch.no_grad():  # adapters start at zero: nothing changes
-        assert torch.equal(wavlm.encode(model, cnn, N_LAYERS)[2], before[2])
+        assert torch.equal(backbones.encode(model, cnn, N_LAYERS)[2], before[2])
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    states = wavlm.encode(model, cnn, 2)
+    states = backbones.encode(model, cnn, 2)
     assert torch.equal(states[1].detach(), before[1])
     assert (states[2].detach() - before[2]).abs().max() > 1e-2
     (states[2] * torch.randn(states[2].shape, generator=torch.Generator().manual_seed(2))).sum().backward()
@@ -142,18 +142,18 @@ def test_lora_changes_the_read_out_layer_and_gets_gradients(family):
 def test_load_gives_the_familys_own_class_with_every_weight(family, tmp_path):
     if family == "whisper":
         tiny(family, seed=3, whole=True, encoder_layerdrop=0.1, apply_spec_augment=True).save_pretrained(tmp_path / family)
-        net = wavlm.load_wavlm(str(tmp_path / family), layerdrop=0.0)
+        net = backbones.load_backbone(str(tmp_path / family), layerdrop=0.0)
         # Only the encoder; its front end (the convolutions, and the fixed positions) frozen.
         assert type(net).__name__ == "WhisperEncoder" and net.layerdrop == 0.0 and not net.training
         front = [*net.conv1.parameters(), *net.conv2.parameters(), net.embed_positions.weight]
         assert not net.config.apply_spec_augment
     else:
         tiny(family, seed=3, layerdrop=0.1, mask_time_prob=0.05).save_pretrained(tmp_path / family)
-        net = wavlm.load_wavlm(str(tmp_path / family), layerdrop=0.0)
+        net = backbones.load_backbone(str(tmp_path / family), layerdrop=0.0)
         assert type(net) is FAMILIES[family][1] and net.config.layerdrop == 0.0 and not net.training
         front = list(net.feature_extractor.parameters())
     assert all(not p.requires_grad for p in front)
-    assert all(p.requires_grad for p in wavlm.encoder_layers(net).parameters())
+    assert all(p.requires_grad for p in backbones.encoder_layers(net).parameters())
     reference = tiny(family, seed=3).state_dict()
     assert set(net.state_dict()) <= set(reference)
     for name, p in net.state_dict().items():
@@ -164,7 +164,7 @@ def test_whisper_log_mel_is_the_feature_extractors():
     x = torch.stack([audio(3.0, 4), 0.01 * audio(3.0, 5)])  # a quiet row: the floor 8 below its own maximum
     extractor = WhisperFeatureExtractor(feature_size=80)  # pads to 30 s; its first 300 frames are ours
     expected = extractor(list(x.numpy()), sampling_rate=16000, return_tensors="pt").input_features[..., :300]
-    ours = wavlm.log_mel(x, 80)
+    ours = backbones.log_mel(x, 80)
     assert ours.shape == (2, 80, 300)
     # The padding's silence does not change the maximum, so the frames agree but for the
     # last one, whose 25-ms frame reaches into the padding in transformers' 30-s input.
@@ -173,10 +173,10 @@ def test_whisper_log_mel_is_the_feature_extractors():
 
 def test_whisper_windows_longer_than_its_positions_and_a_story_level_front_end_are_refused(tmp_path):
     model = tiny("whisper")
-    cnn = wavlm.cnn_features(model, audio(WHISPER_SECONDS + 0.5, 1)[None])
+    cnn = backbones.cnn_features(model, audio(WHISPER_SECONDS + 0.5, 1)[None])
     with pytest.raises(ConfigError, match=r"125 frames is longer than Whisper's 100 positions \(30 s\)"):
-        wavlm.encode(model, cnn, 1)
-    from core.extract import resolve_cnn_cache
+        backbones.encode(model, cnn, 1)
+    from core.encoding.extract import resolve_cnn_cache
 
     assert resolve_cnn_cache(model, "auto") is False
     with pytest.raises(ConfigError, match="cnn_cache: Whisper's front end cannot be cut from the story's"):
@@ -188,7 +188,7 @@ def test_other_families_are_refused_in_one_line(tmp_path):
 
     BertConfig().save_pretrained(tmp_path / "bert")  # refused from its config, before any weight is read
     with pytest.raises(ConfigError, match=r"is a 'bert' checkpoint; supported are 'wavlm', 'hubert', 'wav2vec2', 'whisper'"):
-        wavlm.load_wavlm(str(tmp_path / "bert"))
+        backbones.load_backbone(str(tmp_path / "bert"))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from core import baseline, synth
+from core import synthetic as synth
 from core.cli import run
-from core.dataset import write_responses, write_roi_masks, write_wav
+from core.data.dataset import write_responses, write_roi_masks, write_wav
+from core.encoding import baseline
 
 
 def test_baseline_explains_ac_near_ceiling_and_planted_voxels_less(tiny_data, tmp_path):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from core.check import check_subject, main
-from core.dataset import Dataset
+from core.data.check import check_subject, main
+from core.data.dataset import Dataset
 
 TR, RATE = 2.0045, 44100
 N_VOXELS = 30

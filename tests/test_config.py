@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-import core.config
 from core.config import TrainConfig
+import core.config
 from core.errors import ConfigError
 
 
@@ -85,9 +85,9 @@ def test_invalid_value_names_the_setting(name, value):
 
 
 def test_every_accepted_ridge_backend_is_one_the_ridge_fits_run_on():
-    """A backend that passes validation but that core.ridge cannot run (cupy) failed every trial at epoch 0."""
+    """A backend that passes validation but that core.encoding.ridge cannot run (cupy) failed every trial at epoch 0."""
     from core.config import RIDGE_BACKENDS
-    from core.ridge import torch_device
+    from core.encoding.ridge import torch_device
 
     for backend in RIDGE_BACKENDS:
         torch_device(backend)

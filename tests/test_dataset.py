@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-import core.dataset as dataset_module
-from core.audio import read_wav, resample, wav_duration
-from core.dataset import (
+from core.data.audio import read_wav, resample, wav_duration
+import core.data.dataset as dataset_module
+from core.data.dataset import (
     PAPER_TEST,
     PAPER_VAL,
     SAMPLE_RATE,
@@ -27,8 +27,8 @@ from core.dataset import (
     write_textgrid,
     write_wav,
 )
+from core.data.textgrid import read_textgrid
 from core.errors import DataError
-from core.textgrid import read_textgrid
 
 # Paths relative to the dataset root.
 PRE = Path("derivative") / "preprocessed_data"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.tuning.trainer import Trainer
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=1, bottleneck=8, device="cpu")
 
@@ -16,9 +16,9 @@ FAST = dict(readout_layer=3, lora_layers=[3], epochs=1, bottleneck=8, device="cp
 def test_frozen_layers_are_mixed_on_the_model_device(small_data, tmp_path):
     """Epoch 0 (and transfer) with several read-out layers: the frozen features meet ``layer_logits`` on its device."""
     trainer = Trainer(TrainConfig(**{**FAST, "readout_layers": [2, 3]}), Dataset(small_data), "UTS01", tmp_path)
-    frozen = trainer.frozen_features()
+    frozen = trainer.features.frozen()
     story = trainer.split.train[0]
-    expected = trainer.window_vectors([story], frozen)[story]
+    expected = trainer.features.window_vectors([story], frozen)[story]
     # The read-out head on ``meta`` stands for a GPU (the backbone does not run on this path).
     trainer.model.norm.to("meta")
     trainer.model.layer_logits = torch.nn.Parameter(trainer.model.layer_logits.detach().to("meta"))
@@ -30,7 +30,7 @@ def test_frozen_layers_are_mixed_on_the_model_device(small_data, tmp_path):
         return torch.zeros(expected.shape)  # a meta tensor holds no data to copy back
 
     trainer.model.mix_layers = mix_on_meta
-    assert trainer.window_vectors([story], frozen)[story].shape == expected.shape
+    assert trainer.features.window_vectors([story], frozen)[story].shape == expected.shape
     assert mixed_on == [torch.device("meta")]
 
 
@@ -45,10 +45,10 @@ def test_evaluation_features_have_one_precision_at_every_epoch(small_data, tmp_p
         lambda module, args, output: autocast.append(torch.is_autocast_enabled("cpu"))
         if isinstance(module, torch.nn.Linear) else None)
     try:
-        baseline = trainer.window_vectors([story], trainer.frozen_features())[story]
+        baseline = trainer.features.window_vectors([story], trainer.features.frozen())[story]
         at_epoch0 = set(autocast)
         autocast.clear()
-        tuned = trainer.window_vectors([story])[story]
+        tuned = trainer.features.window_vectors([story])[story]
     finally:
         hook.remove()
     assert at_epoch0 == set(autocast) == {False}
@@ -114,9 +114,9 @@ import torch
 import torch.distributed as dist
 
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.distributed import barrier
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.tuning.distributed import barrier
+from core.tuning.trainer import Trainer
 
 dist.init_process_group("gloo")
 data, out = Path(sys.argv[1]), Path(sys.argv[2])

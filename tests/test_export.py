@@ -17,12 +17,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from core import export, train
+from core import export
+from core.backbones import cnn_features, encode
 from core.cli import run
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.trainer import Trainer
-from core.wavlm import cnn_features, encode
+from core.data.dataset import Dataset
+from core.run import run as run_training
+from core.tuning.trainer import Trainer
 from tests.test_backbones import audio, tiny
 
 LAYER = 2
@@ -40,9 +41,7 @@ def trained_run(family: str, data, tmp_path) -> tuple[Trainer, str]:
     config = TrainConfig(model=model, readout_layer=LAYER, lora_layers=[1, 2], lora_targets=["q_proj", "v_proj"],
                          epochs=1, block_trs=35, bottleneck=8, lr=1e-2, context=0.75, chunk=0.25, stride=1.0,
                          device="cpu")
-    trainer = Trainer(config, Dataset(data), "UTS01", tmp_path / "run")
-    train.write_results(trainer.out, trainer, trainer.fit())
-    return trainer, model
+    return run_training(config, Dataset(data), "UTS01", tmp_path / "run").trainer, model
 
 
 @pytest.mark.parametrize("family", ["wavlm", "hubert"])
@@ -71,7 +70,7 @@ def test_the_export_computes_our_hidden_states_with_transformers_and_peft_alone(
     info = json.loads((out / "readout.json").read_text())
     assert info["subject"] == "UTS01" and info["readout_layers"] == [LAYER] and info["delays"] == list(trainer.config.delays)
     assert info["subjects"]["UTS01"]["n_voxels"] == Dataset(tiny_data).n_voxels("UTS01")
-    assert readout["UTS01.voxels"].tolist() == trainer.outputs.tolist()
+    assert readout["UTS01.voxels"].tolist() == trainer.members[0].outputs.tolist()
     for name, value in [("down.weight", trainer.model.readout.down.weight), ("up.bias", trainer.model.readout.up.bias),
                         ("norm.mean", trainer.model.norm.mean)]:
         key = name if name.startswith("norm.") else f"UTS01.{name}"

@@ -1,4 +1,4 @@
-"""core.features against a float64 numpy reference of the Huth lab's definitions.
+"""core.encoding.features against a float64 numpy reference of the Huth lab's definitions.
 
 The reference functions below are written from the definitions of ``lanczosinterp2D``
 and ``make_delayed`` (HuthLab/deep-fMRI-dataset): a dense Lanczos matrix and
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.errors import ConfigError
-from core.features import (
+from core.encoding.features import (
     DELAYS,
     LanczosOperator,
     WindowSpec,
@@ -251,7 +251,7 @@ def test_to_trs_matches_the_reference_pipeline(story, n_trs):
     """Dense Lanczos onto the response TRs and max(delays) earlier ones, z-scored with the
     statistics of the story's own rows (as ``apply_zscore_and_hrf`` z-scores the trimmed
     story), then delayed: the history rows only feed the delays."""
-    from core.extract import to_trs
+    from core.encoding.extract import to_trs
 
     window_times, trs, x = story
     trs = trs[:n_trs]

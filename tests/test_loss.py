@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import metrics
+from core.encoding import metrics
 from core.errors import ConfigError
-from core.loss import loss_fn, voxel_weights
+from core.tuning.loss import loss_fn, voxel_weights
 
 MASKS = {
     "AC": np.array([1, 1, 0, 0, 0, 0], bool),

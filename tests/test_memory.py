@@ -1,13 +1,13 @@
 """Memory of the ridge evaluation does not grow with the voxel count (issue 10).
 
-A subprocess fits and scores ridge through :func:`core.evaluation.ridge_evaluation` on
+A subprocess fits and scores ridge through :func:`core.encoding.evaluation.ridge_evaluation` on
 response files written here with h5py, and reports how far its resident memory rose
 above what it held before the fit (Linux peak RSS, reset just before). The rise must
 stay below one float32 copy of the training responses (it is mostly fixed costs and
 block buffers), and doubling the voxels must not double it: a full copy of Y (float64
 or float32) anywhere on the path fails both. Scoring a prediction (the trainer's
 validation and test r) reads the responses one voxel block at a time, and a readout's
-prediction made per voxel block (:func:`core.model.readout_prediction`) is never held
+prediction made per voxel block (:func:`core.tuning.model.readout_prediction`) is never held
 whole either: each of those rises stays below half a float32 copy of the responses.
 """
 
@@ -35,9 +35,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
 MEASURE = r"""
 import json, sys
 import numpy as np
-from core.dataset import Dataset
-from core.evaluation import ridge_evaluation
-from core.ridge import fit_ridge
+from core.data.dataset import Dataset
+from core.encoding.evaluation import ridge_evaluation
+from core.encoding.ridge import fit_ridge
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -62,7 +62,7 @@ fit, evaluations = ridge_evaluation(features, dataset, subject, train, {"test": 
 rise = status("VmHWM") - before
 # The trainer's scoring of its own readout (every epoch's validation r, the test r): a
 # prediction for every voxel is held, the responses are read one voxel block at a time.
-from core.evaluation import prediction_r
+from core.encoding.evaluation import prediction_r
 prediction = np.stack([fit.predict(features[s]) for s in train]).reshape(-1, fit.weights.shape[1]).astype(np.float32)
 prediction[~np.isfinite(prediction)] = 0
 with open("/proc/self/clear_refs", "w") as f:
@@ -71,10 +71,10 @@ before = status("VmRSS")
 r = prediction_r(prediction, dataset, subject, train, block_bytes=block_bytes)
 scoring_rise = status("VmHWM") - before
 del prediction
-# The same scoring of a readout's prediction made per voxel block (core.model.readout_prediction):
+# The same scoring of a readout's prediction made per voxel block (core.tuning.model.readout_prediction):
 # then the prediction is not held either.
 import torch
-from core.model import Readout, readout_prediction
+from core.tuning.model import Readout, readout_prediction
 n_voxels = fit.weights.shape[1]
 outputs = np.arange(50, n_voxels)  # the first 50 voxels are NaN
 torch.manual_seed(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from core.metrics import (
+from core.encoding.metrics import (
     ceiling_fraction,
     explainable_variance,
     mean_ceiling_fraction,
@@ -140,14 +140,14 @@ def test_ceiling_fraction_and_its_summary():
 
 
 def test_metrics_in_small_blocks_equal_one_block(monkeypatch):
-    import core.metrics
+    import core.encoding.metrics
 
     pred, actual = _pred_actual(n_trs=50, n_voxels=40, seed=3)
     actual[:, 7] = np.nan
     rng = np.random.default_rng(4)
     repeats = actual[None] + rng.standard_normal((3, 50, 40))
     whole = (pearson_r(pred, actual), spatial_r(pred, actual), noise_ceiling(repeats))
-    monkeypatch.setattr(core.metrics, "BLOCK_ELEMENTS", 120)  # blocks of 2 voxels or 2 TRs
+    monkeypatch.setattr(core.encoding.metrics, "BLOCK_ELEMENTS", 120)  # blocks of 2 voxels or 2 TRs
     blocked = (pearson_r(pred, actual), spatial_r(pred, actual), noise_ceiling(repeats))
     for a, b in zip(whole, blocked):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from core.dataset import Dataset
+from core.data.dataset import Dataset
 from core.errors import ConfigError
-from core.trainer import Trainer
+from core.tuning.trainer import Trainer
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=1, lr=3e-3, readout_lr=1e-3, bottleneck=16, lora_dropout=0.0,
             device="cpu")
@@ -141,10 +141,10 @@ def test_the_sweep_summary_scores_each_subject_against_its_own_teacher(small_dat
 
     import h5py
 
-    from core import synth
-    from core.evaluation import ridge_evaluation
-    from core.extract import FrozenFeatures
-    from core.features import WindowSpec
+    from core import synthetic as synth
+    from core.encoding.evaluation import ridge_evaluation
+    from core.encoding.extract import FrozenFeatures
+    from core.encoding.features import WindowSpec
     from sweeper.launch import summarize
     from sweeper.space import parse_spec
 

@@ -1,15 +1,15 @@
-"""Where the readout starts (core.readout_init) and the readout_refit setting, on the tiny dataset."""
+"""Where the readout starts (core.tuning.readout_init) and the readout_refit setting, on the tiny dataset."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.evaluation import ridge_evaluation
-from core.model import ridge_as_linear
-from core.readout_init import whitened_ridge_map, whitening
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.encoding.evaluation import ridge_evaluation
+from core.tuning.model import ridge_as_linear
+from core.tuning.readout_init import whitened_ridge_map, whitening
+from core.tuning.trainer import Trainer
 
 
 def test_whitening_gives_unit_covariance():

@@ -15,11 +15,11 @@ import numpy as np
 
 from benchmarks import planted_recovery
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.features import WindowSpec
-from core.recovery_checks import alignment_cosine, ridge_test_r, teacher_window_vectors, write_oracle_adapters
-from core.synth import GROUPS
-from core.trainer import Trainer
+from core.data.dataset import Dataset
+from core.encoding.features import WindowSpec
+from core.studies.recovery_checks import alignment_cosine, ridge_test_r, teacher_window_vectors, write_oracle_adapters
+from core.synthetic import GROUPS
+from core.tuning.trainer import Trainer
 
 
 def test_references_are_the_trainers_pipeline_and_the_control_does_not_leak(tiny_data, tmp_path, capsys):
@@ -34,7 +34,7 @@ def test_references_are_the_trainers_pipeline_and_the_control_does_not_leak(tiny
     # The truth's headroom on the planted voxels (tests/test_synth.py measures it alike).
     assert ref["teacher"]["high"] - ref["frozen"]["high"] > 0.02
 
-    # One pipeline: the trainer's epoch-0 ridge is core.baseline's frozen ridge, voxel for
+    # One pipeline: the trainer's epoch-0 ridge is core.encoding.baseline's frozen ridge, voxel for
     # voxel (a one-TR shift or another normalisation in either breaks this).
     frozen = planted_recovery.reference(tiny_data, "UTS01", 3, WindowSpec(context=0.75, stride=1.0))["frozen"]
     nan = Dataset(tiny_data).nan_voxels("UTS01")
@@ -63,10 +63,10 @@ def test_oracle_adapters_close_the_gap_through_the_trainers_pipeline(tiny_data, 
                          context=0.75, stride=1.0, device="cpu")
     trainer = Trainer(config, Dataset(tiny_data), "UTS01", tmp_path)
     teacher = str(tiny_data / json.loads((tiny_data / "truth" / "truth.json").read_text())["teacher"])
-    frozen = trainer.window_vectors(trainer.stories, trainer.frozen_features())
-    taught = teacher_window_vectors(trainer, teacher, trainer.stories)
+    frozen = trainer.features.window_vectors(trainer.cohort.stories, trainer.features.frozen())
+    taught = teacher_window_vectors(trainer, teacher, trainer.cohort.stories)
     assert write_oracle_adapters(trainer, teacher) < 1e-5  # rank-2 plant, rank-4 adapters
-    oracle = trainer.window_vectors(trainer.stories)
+    oracle = trainer.features.window_vectors(trainer.cohort.stories)
     with h5py.File(tiny_data / "truth" / "UTS01.hf5") as f:
         high = f["group"][:] == GROUPS.index("high")
     r = {name: np.nanmean(ridge_test_r(trainer, vectors)[high])

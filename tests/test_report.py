@@ -15,7 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
-from sweeper.report import build, load_sweep, method_label, weighting_label
+from sweeper.reports.publish import build
+from sweeper.reports.roi import weighting_label
+from sweeper.reports.stability import method_label
+from sweeper.reports.store import load_sweep
 from sweeper.tracking import MLflowTracker
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from himalaya.ridge import solve_ridge_cv_svd
 from himalaya.scoring import r2_score
 from sklearn.linear_model import Ridge
 
-from core.metrics import pearson_r
-from core.ridge import ALPHA_CONVENTION, ALPHAS, chunk_splits, fit_ridge, story_splits
+from core.encoding.metrics import pearson_r
+from core.encoding.ridge import ALPHA_CONVENTION, ALPHAS, chunk_splits, fit_ridge, story_splits
 
 
 def _cuda_available():

@@ -1,5 +1,5 @@
 """What the studies measure, in core: cross-subject transfer (core.studies.transfer) and word-level
-probes (core.studies.probe, core.probes), checked against the planted-teacher truth.
+probes (core.studies.probes), checked against the planted-teacher truth.
 
 "What perfect tuning reaches" is made exact here: a run on UTS01 whose layer 3 (the
 planted layer, fully fine-tuned) holds the teacher's weights. Real tuning on the tiny data
@@ -13,13 +13,17 @@ import h5py
 import numpy as np
 import pytest
 
-from core import probes, studies, synth
+from core import synthetic as synth
+from core.backbones import load_backbone
 from core.config import TrainConfig
-from core.dataset import Dataset
+from core.data.dataset import Dataset
+from core.data.textgrid import Interval
 from core.errors import ConfigError, DataError
-from core.textgrid import Interval
-from core.trainer import Trainer
-from core.wavlm import load_wavlm
+from core.studies import probes
+from core.studies.readouts import fit_bottleneck_readouts
+from core.studies.transfer import story_subsets, transfer
+from core.tuning.model import Readout
+from core.tuning.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def teacher_run(tiny_data, tmp_path_factory):
                          probes=["acoustic", "planted", "unchanged", f"semantic:{glove}"],
                          transfer_fractions=[0.34, 0.67, 1.0])
     trainer = Trainer(config, Dataset(tiny_data), "UTS01", tmp_path_factory.mktemp("teacher-run"))
-    teacher = load_wavlm(str(tiny_data / "truth" / "teacher"))
+    teacher = load_backbone(str(tiny_data / "truth" / "teacher"))
     trainer.model.wavlm.encoder.layers[2].load_state_dict(teacher.encoder.layers[2].state_dict())
     return trainer
 
@@ -46,7 +50,7 @@ def _group(data, subject: str, name: str) -> np.ndarray:
 def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other(teacher_run, tiny_data):
     """UTS02 (same teacher, its own voxels and noise): a new ridge readout on UTS01's backbone
     gains on UTS02's planted voxels as much as the teacher gives (measured 0.732 -> 0.855)."""
-    result = studies.transfer(teacher_run, ["UTS02"])["UTS02"]
+    result = transfer(teacher_run.features, ["UTS02"])["UTS02"]
     high = _group(tiny_data, "UTS02", "high")
     r = {name: np.nanmean(result[name].r[high]) for name in result}
     assert 0.65 < r["baseline"] < 0.8
@@ -63,7 +67,7 @@ def test_a_backbone_tuned_on_one_subject_carries_the_planted_change_to_the_other
 
 
 def test_probes_of_the_planted_change_rise_where_it_was_planted_and_nothing_else_moves(teacher_run):
-    scores = studies.probe(teacher_run)
+    scores = probes.probe(teacher_run.features, teacher_run.split)
     assert set(scores) == {"acoustic", "planted", "unchanged", "semantic"} and set(scores["planted"]) == {"1", "2", "3"}
     for family in scores:  # below the planted layer the backbone is the pretrained one
         for layer in ("1", "2"):
@@ -161,14 +165,14 @@ def test_readouts_trained_side_by_side_equal_each_trained_alone_and_read_each_st
 
     def readout(seed):
         torch.manual_seed(seed)
-        return studies.Readout(6, 4, 2)
+        return Readout(6, 4, 2)
 
     weights = np.ones(4, np.float32)
-    together = studies.fit_bottleneck_readouts(features, responses, {n: readout(i) for i, n in enumerate(features)},
+    together = fit_bottleneck_readouts(features, responses, {n: readout(i) for i, n in enumerate(features)},
                                                weights, config, torch.device("cpu"))
     assert sorted(reads) == sorted(list(lengths) * config.epochs)  # each story once per epoch, not per readout
     for i, name in enumerate(features):
-        alone = studies.fit_bottleneck_readouts({name: features[name]}, targets.__getitem__, {name: readout(i)},
+        alone = fit_bottleneck_readouts({name: features[name]}, targets.__getitem__, {name: readout(i)},
                                                 weights, config, torch.device("cpu"))[name]
         for a, b in zip(together[name].parameters(), alone.parameters()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -178,8 +182,8 @@ def test_readouts_trained_side_by_side_equal_each_trained_alone_and_read_each_st
 
 
 def test_story_subsets_for_data_efficiency_are_nested_and_seeded():
-    subsets = studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5, 1.0], seed=0)
+    subsets = story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5, 1.0], seed=0)
     assert list(subsets) == [0.1, 0.25, 0.5] and [len(s) for s in subsets.values()] == [2, 3, 5]  # at least 2
     assert set(subsets[0.1]) < set(subsets[0.25]) < set(subsets[0.5])
-    assert subsets == studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=0)
-    assert subsets != studies.story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=1)
+    assert subsets == story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=0)
+    assert subsets != story_subsets(list("abcdefghij"), [0.1, 0.25, 0.5], seed=1)

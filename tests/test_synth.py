@@ -11,12 +11,14 @@ import pytest
 import torch
 from scipy.stats import gamma
 
-from core import synth
-from core.dataset import Dataset
+from core import synthetic as synth
+from core.backbones import cnn_features, encode
+from core.data.dataset import Dataset
+from core.encoding.evaluation import ridge_evaluation
+from core.encoding.extract import FrozenFeatures
+from core.encoding.features import WindowSpec
 from core.errors import ConfigError, DataError
-from core.evaluation import ridge_evaluation
-from core.extract import FrozenFeatures
-from core.wavlm import cnn_features, encode
+from core.synthetic import writing
 
 from conftest import SMALL
 
@@ -64,7 +66,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_write_subject", fail)
+    monkeypatch.setattr(writing, "_write_subject", fail)
     with pytest.raises(KeyboardInterrupt):
         synth.generate(tmp_path / "d", SMALL, progress=lambda m: None)
     assert list(tmp_path.iterdir()) == []
@@ -161,7 +163,7 @@ def test_a_real_checkpoint_and_speech_clips_make_a_planted_dataset(tmp_path):
     """``pretrained`` (here a tiny Whisper, as the real tiny.en would be) and ``speech`` (wav clips)."""
     from transformers import WhisperConfig, WhisperModel
 
-    from core.audio import read_wav, write_wav
+    from core.data.audio import read_wav, write_wav
 
     torch.manual_seed(0)
     WhisperModel(WhisperConfig(d_model=32, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_dim=64,
@@ -175,7 +177,7 @@ def test_a_real_checkpoint_and_speech_clips_make_a_planted_dataset(tmp_path):
     clips = [read_wav(tmp_path / "speech" / f"clip{i}.wav")[0] for i in range(3)]  # as stored (16-bit)
     spec = replace(synth.SIZES["tiny"], n_train_stories=2, train_trs=20, val_trs=12, test_trs=12, n_voxels=40,
                    planted_layers=(2,), high_layer=2, pretrained=str(tmp_path / "whisper"), speech=str(tmp_path / "speech"),
-                   window=synth.WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
+                   window=WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
     root = synth.generate(tmp_path / "data", spec, progress=lambda m: None)
 
     # The teacher is the checkpoint with the change planted in layer 2's q and v, nothing else.

@@ -16,14 +16,16 @@ import pytest
 import torch
 
 from core import train
+from core.backbones import adapt
+from core.backbones import load_backbone
 from core.cli import run
 from core.config import TrainConfig
-from core.dataset import Dataset
-from core.model import Readout, adapt, readout_prediction, ridge_as_linear
-from core.synth import SIZES, generate
-from core.trainer import Trainer, epoch_blocks
-from core.ridge import RidgeFit
-from core.wavlm import load_wavlm
+from core.data.dataset import Dataset
+from core.encoding.ridge import RidgeFit
+from core.synthetic import SIZES, generate
+from core.tuning.batches import epoch_blocks
+from core.tuning.model import Readout, readout_prediction, ridge_as_linear
+from core.tuning.trainer import Trainer
 
 FAST = dict(readout_layer=3, lora_layers=[3], epochs=2, lr=3e-3, readout_lr=1e-3, bottleneck=16, device="cpu")
 
@@ -88,10 +90,10 @@ def test_readout_prediction_by_voxel_block_equals_the_whole_prediction():
 
 
 def test_adapt_trains_only_what_it_should(small_data):
-    model = load_wavlm(str(small_data / "pretrained"))
+    model = load_backbone(str(small_data / "pretrained"))
     lora = adapt(model, [2, 3], ["q_proj", "v_proj"], rank=2, alpha=2.0, dropout=0.0)
     assert len(lora) == 2 * 2 * 2  # layers x targets x (A, B)
-    model = load_wavlm(str(small_data / "pretrained"))
+    model = load_backbone(str(small_data / "pretrained"))
     full = adapt(model, [3], ["q_proj"], rank=0, alpha=1.0, dropout=0.0)
     assert sum(p.numel() for p in full) == sum(p.numel() for p in model.encoder.layers[2].parameters())
 
@@ -238,7 +240,7 @@ def test_the_best_epoch_keeps_a_gain_the_features_have_while_the_readout_drifts(
     layer; lr=0 keeps it) and the readout is scrambled (a drift). The features then predict
     the planted voxels better, the readout worse: the best epoch must be 1, and the tuned
     score must carry the gain. Choosing by the readout's validation r would keep epoch 0."""
-    teacher = load_wavlm(str(hrf_data / "truth" / "teacher"))
+    teacher = load_backbone(str(hrf_data / "truth" / "teacher"))
     config = TrainConfig(readout_layer=3, lora_layers=[3], lora_rank=0, lr=0, readout_lr=1e-5, epochs=1,
                          bottleneck=8, device="cpu", roi_weights={"planted": 1})
     trainer = None

@@ -4,7 +4,7 @@ The real files (``shared/real-ds003020/TextGrids``, beside the clone) are checke
 minimal reader written here from the reference's behaviour (Huth lab ``textgrid.py`` and
 ``dsutils.make_word_ds``: the second tier's intervals, labels compared after lower-casing
 and stripping braces and spaces against the non-speech markers), independent of
-:mod:`core.textgrid`'s tokeniser.
+:mod:`core.data.textgrid`'s tokeniser.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 import pytest
 
-from core.dataset import Dataset, Interval, is_marker
+from core.data.dataset import Dataset, Interval, is_marker
+from core.data.textgrid import read_textgrid
 from core.errors import DataError
-from core.textgrid import read_textgrid
 
 REAL = Path(__file__).parents[1].parent / "shared" / "real-ds003020"
 REAL_GRIDS = sorted((REAL / "TextGrids").glob("*.TextGrid"))
@@ -144,8 +144,8 @@ def _with_own_textgrids(data: Path, root: Path) -> Path:
 
 
 def test_a_missing_textgrid_is_named_by_the_check_and_refused_by_a_probes_dry_run(small_data, tmp_path, capsys):
-    from core import check
     from core.cli import run
+    from core.data import check
     from sweeper.launch import main as launch_main
 
     data = _with_own_textgrids(small_data, tmp_path / "data")
@@ -170,7 +170,7 @@ def test_a_study_that_fails_after_training_loses_nothing(small_data, tmp_path, m
     fails naming the study; once the file is back, the same command repeats only the evaluation."""
     from core import train
     from core.cli import run
-    from core.trainer import Trainer
+    from core.tuning.trainer import Trainer
 
     data = _with_own_textgrids(small_data, tmp_path / "data")
     story = Dataset(data).split("UTS01").train[0]

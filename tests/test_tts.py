@@ -8,13 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core import synth
-from core.audio import read_wav, write_wav
-from core.dataset import Dataset
+from core import synthetic as synth
+from core.data.audio import read_wav, write_wav
+from core.data.dataset import Dataset
+from core.data.textgrid import read_textgrid, write_textgrid
+from core.encoding.features import WindowSpec
 from core.errors import DataError
-from core.probes import load_word_vectors
-from core.textgrid import read_textgrid
-from core.tts import sentences, speak
+from core.studies.probes import load_word_vectors
+from core.synthetic.tts import sentences, speak
 
 FESTIVAL = shutil.which("festival")
 
@@ -68,7 +69,7 @@ def _placements(audio: np.ndarray, clip: np.ndarray) -> list[int]:
 
 
 def test_clips_with_word_times_give_the_stories_textgrids(tmp_path):
-    """Clips with a TextGrid beside them (as core.tts writes): the stories' words on the story's clock.
+    """Clips with a TextGrid beside them (as core.synthetic.tts writes): the stories' words on the story's clock.
 
     Each clip is found in the story's sound by its samples; every word and phone of the story
     is a clip's, at that clip's own time plus where the clip lies (the pauses included), and
@@ -78,10 +79,10 @@ def test_clips_with_word_times_give_the_stories_textgrids(tmp_path):
     for i, seconds in enumerate((1.5, 2.5, 3.0)):
         audio, words, phones = synth.speechlike_audio(seconds, rng)
         write_wav(tmp_path / "speech" / f"clip{i}.wav", audio)
-        synth.ds.write_textgrid(tmp_path / "speech" / f"clip{i}.TextGrid", {"word": words, "phone": phones},
+        write_textgrid(tmp_path / "speech" / f"clip{i}.TextGrid", {"word": words, "phone": phones},
                                 len(audio) / 16000)
     spec = replace(synth.SIZES["tiny"], n_train_stories=2, train_trs=20, val_trs=12, test_trs=12, n_voxels=40,
-                   speech=str(tmp_path / "speech"), window=synth.WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
+                   speech=str(tmp_path / "speech"), window=WindowSpec(context=0.75, chunk=0.25, stride=1.0).as_dict())
     root = synth.generate(tmp_path / "data", spec, progress=lambda m: None)
     dataset = Dataset(root)
     audio = dataset.audio("wheretheressmoke")

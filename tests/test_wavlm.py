@@ -1,6 +1,6 @@
-"""core.wavlm and core.extract on tiny WavLM models built from a config (no hub access).
+"""core.backbones and core.encoding.extract on tiny WavLM models built from a config (no hub access).
 
-Our forward pass (:func:`core.wavlm.encode`) is checked against transformers' own
+Our forward pass (:func:`core.backbones.encode`) is checked against transformers' own
 ``WavLMModel`` outputs, and the LoRA trap of BRIEF section 5 is kept under test.
 """
 
@@ -18,11 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import WavLMConfig, WavLMForCTC, WavLMModel
 
-import core.extract as extract
-from core import wavlm
-from core.dataset import Dataset, write_respdict, write_responses, write_wav
+from core import backbones
+from core.data.dataset import Dataset, write_respdict, write_responses, write_wav
+import core.encoding.extract as extract
 from core.errors import ConfigError
-from core.extract import (
+from core.encoding.extract import (
     FrozenFeatures,
     StoryWindows,
     all_window_features,
@@ -30,7 +30,7 @@ from core.extract import (
     story_cnn,
     window_vectors,
 )
-from core.features import WindowSpec, window_end_times
+from core.encoding.features import WindowSpec, window_end_times
 
 SAMPLE_RATE = 16000
 N_LAYERS = 3
@@ -85,9 +85,9 @@ def test_encode_matches_transformers(norm, stable):
     x = torch.from_numpy(np.stack([random_audio(1.0, 1), random_audio(1.0, 2)]))
     with torch.no_grad():
         expected = model(x, output_hidden_states=True).hidden_states
-        cnn = wavlm.cnn_features(model, x)
+        cnn = backbones.cnn_features(model, x)
         for n_layers in range(N_LAYERS + 1):
-            states = wavlm.encode(model, cnn, n_layers)
+            states = backbones.encode(model, cnn, n_layers)
             assert len(states) == n_layers + 1
             for k, state in enumerate(states):
                 torch.testing.assert_close(state, expected[k], rtol=0, atol=1e-5)
@@ -102,10 +102,10 @@ def test_encode_runs_only_the_layers_it_needs():
         layer.feed_forward.register_forward_hook(lambda *_, i=i: ran.append(("feed_forward", i)))
     x = torch.from_numpy(random_audio(0.5))[None]
     with torch.no_grad():
-        cnn = wavlm.cnn_features(model, x)
+        cnn = backbones.cnn_features(model, x)
         for n_layers in range(N_LAYERS + 1):
             ran.clear()
-            wavlm.encode(model, cnn, n_layers)
+            backbones.encode(model, cnn, n_layers)
             assert ran == [(part, i) for i in range(n_layers) for part in ("attention", "feed_forward")]
 
 
@@ -113,26 +113,26 @@ def test_encode_rejects_missing_layer():
     model = tiny_model()
     cnn = torch.zeros(1, 10, 16)
     with pytest.raises(ConfigError, match=f"{N_LAYERS} layers"):
-        wavlm.encode(model, cnn, N_LAYERS + 1)
+        backbones.encode(model, cnn, N_LAYERS + 1)
 
 
 def test_cnn_geometry():
     config = tiny_config()
-    assert wavlm.frame_hop(config) == 320
-    assert wavlm.receptive_field(config) == 400
+    assert backbones.frame_hop(config) == 320
+    assert backbones.receptive_field(config) == 400
     model = tiny_model()
     for n in (400, 719, 720, 16000, 64000):
         with torch.no_grad():
-            frames = wavlm.cnn_features(model, torch.zeros(1, n)).shape[1]
-        assert wavlm.conv_output_length(n, config) == frames == (n - 400) // 320 + 1
+            frames = backbones.cnn_features(model, torch.zeros(1, n)).shape[1]
+        assert backbones.conv_output_length(n, config) == frames == (n - 400) // 320 + 1
 
 
 # ---- the story-level CNN cache --------------------------------------------------------
 
 
 def test_cnn_slicing_is_exact_only_for_layer_norm():
-    assert wavlm.cnn_slicing_is_exact(tiny_config("layer"))
-    assert not wavlm.cnn_slicing_is_exact(tiny_config("group"))
+    assert backbones.cnn_slicing_is_exact(tiny_config("layer"))
+    assert not backbones.cnn_slicing_is_exact(tiny_config("group"))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_story_cnn_equals_one_pass(story20):
     windows, padded = story20
     model = tiny_model()
     with torch.no_grad():
-        one_pass = wavlm.cnn_features(model, padded[None])[0]
+        one_pass = backbones.cnn_features(model, padded[None])[0]
     segmented = story_cnn(model, padded, segment_frames=37)
     assert segmented.shape == one_pass.shape
     torch.testing.assert_close(segmented, one_pass, rtol=0, atol=1e-5)
@@ -194,7 +194,7 @@ def test_window_audio_is_cut_from_a_view_without_a_per_sample_index(story20, mon
     def cnn_features(model, audio):
         raise CNNReached(audio)
 
-    monkeypatch.setattr(wavlm, "cnn_features", cnn_features)
+    monkeypatch.setattr(backbones, "cnn_features", cnn_features)
     with pytest.raises(CNNReached) as reached, Int64Outputs() as spy:
         window_vectors(tiny_model(feat_extract_norm="group"), padded, windows, ids, [1], cnn=None)
     torch.testing.assert_close(reached.value.args[0], by_index, rtol=0, atol=0)
@@ -226,7 +226,7 @@ def test_all_window_features_times_and_shapes():
 
 
 def test_load_wavlm(saved_model):
-    loaded = wavlm.load_wavlm(str(saved_model))
+    loaded = backbones.load_backbone(str(saved_model))
     assert loaded.config.to_dict()["layerdrop"] == 0.0
     assert loaded.config.mask_time_prob == 0.0
     assert not loaded.training
@@ -243,7 +243,7 @@ def test_load_wavlm(saved_model):
 def test_load_wavlm_missing_path(tmp_path):
     missing = tmp_path / "no_such_model"
     with pytest.raises(ConfigError, match="no_such_model") as err:
-        wavlm.load_wavlm(str(missing))
+        backbones.load_backbone(str(missing))
     assert str(missing) in str(err.value)
 
 
@@ -264,7 +264,7 @@ def edit_weights(src, dst, edit) -> None:
 def test_load_wavlm_refuses_incomplete_checkpoint(saved_model, tmp_path, edit, message):
     edit_weights(saved_model, tmp_path / "edited", edit)
     with pytest.raises(ConfigError, match=message) as err:
-        wavlm.load_wavlm(str(tmp_path / "edited"))
+        backbones.load_backbone(str(tmp_path / "edited"))
     assert str(tmp_path / "edited") in str(err.value)
 
 
@@ -273,7 +273,7 @@ def test_load_wavlm_ignores_a_task_head(tmp_path):
     torch.manual_seed(0)
     ctc = WavLMForCTC(tiny_config(vocab_size=12, mask_time_prob=0.05)).eval()
     ctc.save_pretrained(tmp_path / "ctc")
-    loaded = wavlm.load_wavlm(str(tmp_path / "ctc"))
+    loaded = backbones.load_backbone(str(tmp_path / "ctc"))
     x = torch.from_numpy(random_audio(0.5))[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).last_hidden_state, ctc.wavlm(x).last_hidden_state, rtol=0, atol=0)
@@ -288,15 +288,15 @@ def test_layerdrop_in_training_follows_transformers_and_torch_seed():
                        activation_dropout=0.0, feat_proj_dropout=0.0).train()
     x = torch.from_numpy(random_audio(0.5, seed=9))[None]
     with torch.no_grad():
-        cnn = wavlm.cnn_features(model, x)
-        full = wavlm.encode(model.eval(), cnn, N_LAYERS)[-1]
+        cnn = backbones.cnn_features(model, x)
+        full = backbones.encode(model.eval(), cnn, N_LAYERS)[-1]
         model.train()
         patterns = set()
         for seed in range(8):
             torch.manual_seed(seed)
             expected = model(x).last_hidden_state
             torch.manual_seed(seed)
-            states = wavlm.encode(model, cnn, N_LAYERS)
+            states = backbones.encode(model, cnn, N_LAYERS)
             torch.testing.assert_close(states[-1], expected, rtol=0, atol=1e-5)
             skipped = tuple(torch.equal(states[k], states[k - 1]) for k in range(1, N_LAYERS + 1))
             assert not skipped[0]  # the first layer is never dropped
@@ -306,7 +306,7 @@ def test_layerdrop_in_training_follows_transformers_and_torch_seed():
         model.eval()  # never at evaluation
         for seed in range(4):
             torch.manual_seed(seed)
-            assert torch.equal(wavlm.encode(model, cnn, N_LAYERS)[-1], full)
+            assert torch.equal(backbones.encode(model, cnn, N_LAYERS)[-1], full)
 
 
 # ---- LoRA (BRIEF section 5) -----------------------------------------------------------
@@ -340,8 +340,8 @@ def lora_setup():
     base = tiny_model()
     x = torch.from_numpy(random_audio(0.5, seed=6))[None]
     with torch.no_grad():
-        cnn = wavlm.cnn_features(base, x)
-        base_states = wavlm.encode(base, cnn, N_LAYERS)
+        cnn = backbones.cnn_features(base, x)
+        base_states = backbones.encode(base, cnn, N_LAYERS)
     adapted = with_lora(copy.deepcopy(base))
     names = lora_params(adapted)
     assert len(names) == 2 * len(LORA_MODULES)
@@ -354,7 +354,7 @@ def test_lora_with_zero_delta_changes_nothing(lora_setup):
     for name, p in lora_params(adapted).items():  # peft's default init: B = 0, A random
         assert (p == 0).all() == ("lora_B" in name)
     with torch.no_grad():
-        states = wavlm.encode(adapted, cnn, N_LAYERS)
+        states = backbones.encode(adapted, cnn, N_LAYERS)
     for state, base_state in zip(states, base_states):
         assert torch.equal(state, base_state)
 
@@ -363,7 +363,7 @@ def test_canary_transformers_ignores_lora_adapters(lora_setup):
     """CANARY. transformers' WavLMAttention never calls q/k/v_proj, so LoRA does nothing there.
 
     If this fails, a transformers release has fixed the trap. Our wrapper
-    (core.wavlm.encode) is then still correct, since it calls the same modules and is
+    (core.backbones.encode) is then still correct, since it calls the same modules and is
     checked against transformers above; update this canary and BRIEF section 5, and keep
     the other LoRA tests.
     """
@@ -374,7 +374,7 @@ def test_canary_transformers_ignores_lora_adapters(lora_setup):
         actual = adapted(x).last_hidden_state
     assert torch.equal(actual, expected), (
         "CANARY: transformers' WavLMModel output now changes with a LoRA adapter on q/k/v, "
-        "so the trap of BRIEF section 5 seems fixed upstream. Our wrapper core.wavlm.encode "
+        "so the trap of BRIEF section 5 seems fixed upstream. Our wrapper core.backbones.encode "
         "is then still correct; update this canary and the BRIEF."
     )
 
@@ -382,7 +382,7 @@ def test_canary_transformers_ignores_lora_adapters(lora_setup):
 def test_lora_changes_our_output_and_gets_gradients(lora_setup):
     _, adapted, _, cnn, base_states = lora_setup
     set_lora_b(adapted)
-    states = wavlm.encode(adapted, cnn, LORA_LAYER + 1)
+    states = backbones.encode(adapted, cnn, LORA_LAYER + 1)
     for k in range(LORA_LAYER + 1):  # states up to the adapted layer's input are unchanged
         assert torch.equal(states[k].detach(), base_states[k])
     out = states[LORA_LAYER + 1]
@@ -475,7 +475,7 @@ def test_an_unreachable_hub_fails_fast_with_what_to_do(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     started = time.monotonic()
     with pytest.raises(ConfigError) as error:
-        wavlm.checkpoint_config("microsoft/wavlm-base-plus")
+        backbones.checkpoint_config("microsoft/wavlm-base-plus")
     assert time.monotonic() - started < 10
     message = str(error.value)
     assert "\n" not in message
@@ -484,5 +484,5 @@ def test_an_unreachable_hub_fails_fast_with_what_to_do(monkeypatch):
 
 def test_a_saved_checkpoint_folder_loads_without_the_hub(monkeypatch, saved_model):
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
-    model = wavlm.load_wavlm(str(saved_model))
+    model = backbones.load_backbone(str(saved_model))
     assert isinstance(model, WavLMModel) and model.config.num_hidden_layers == tiny_config().num_hidden_layers

@@ -19,10 +19,11 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from core import wavlm, whisper_ct2
+from core import backbones
+from core.backbones import whisper_ct2
+from core.backbones.whisper_ct2 import cached_conversion, convert, read_ct2, transcribe
 from core.cli import run
 from core.errors import DataError
-from core.whisper_ct2 import cached_conversion, convert, read_ct2, transcribe
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CODES = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
@@ -130,7 +131,7 @@ def test_conversion_gives_back_every_weight(tmp_path, capsys):
     assert run(whisper_ct2.main, ["--src", str(tmp_path / "src"), "--out", str(tmp_path / "cli")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli") and (tmp_path / "cli" / "tokenizer.json").exists()
     # What our trainer loads of it: the encoder, every weight from the file.
-    encoder = wavlm.load_wavlm(str(tmp_path / "out"))
+    encoder = backbones.load_backbone(str(tmp_path / "out"))
     assert type(encoder).__name__ == "WhisperEncoder" and encoder.config.encoder_layers == 2
 
 
@@ -181,21 +182,21 @@ def tiny_en(tmp_path_factory):
 def test_real_tiny_en_loads_whole_and_our_encoder_pass_agrees(tiny_en):
     from transformers import WhisperModel
 
-    encoder = wavlm.load_wavlm(str(tiny_en))  # refuses any missing weight
+    encoder = backbones.load_backbone(str(tiny_en))  # refuses any missing weight
     assert encoder.config.encoder_layers == 4 and encoder.config.d_model == 384
     reference = WhisperModel.from_pretrained(tiny_en).encoder.eval()
     rng = np.random.default_rng(0)
     audio = torch.from_numpy((0.1 * rng.standard_normal((1, 30 * 16000))).astype(np.float32))
     with torch.no_grad():
-        expected = reference(wavlm.log_mel(audio, 80), output_hidden_states=True).hidden_states
-        ours = wavlm.encode(encoder, wavlm.cnn_features(encoder, audio), 4)
+        expected = reference(backbones.log_mel(audio, 80), output_hidden_states=True).hidden_states
+        ours = backbones.encode(encoder, backbones.cnn_features(encoder, audio), 4)
     for k in range(4):
         torch.testing.assert_close(ours[k], expected[k], rtol=0, atol=1e-4)
 
 
 @pytest.mark.skipif(not LIBRIVOX.is_dir(), reason="LibriVox speech from Debian's pocketsphinx-testdata")
 def test_real_tiny_en_transcribes_read_speech(tiny_en):
-    from core.audio import read_wav
+    from core.data.audio import read_wav
 
     references = {}
     for line in (LIBRIVOX / "transcription").read_text().splitlines():

@@ -1,12 +1,12 @@
 """Window features of a WavLM checkpoint over a story, and frozen features cached on disk.
 
-A story's windows (see :class:`core.features.WindowSpec`) are read from the audio padded
+A story's windows (see :class:`core.encoding.features.WindowSpec`) are read from the audio padded
 on the left with one window of silence, so window ``i`` covers padded samples
 ``[end_i, end_i + window_samples)``. Because every edge is on the CNN's frame grid, its CNN
 frames are rows ``end_i / hop ... end_i / hop + frames_per_window - 1`` of the whole padded
 story's CNN output: :func:`story_cnn` runs the CNN once per story and
 :func:`window_vectors` slices it (exact for ``feat_extract_norm == "layer"``; see
-:func:`core.wavlm.cnn_slicing_is_exact`).
+:func:`core.backbones.cnn_slicing_is_exact`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import wavlm
-from .cache import cache_root
-from .errors import ConfigError
-from .features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
-from .outputs import atomic_write
+from core import backbones
+from core.cache import cache_root
+from core.encoding.features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
+from core.errors import ConfigError
+from core.outputs import atomic_write
 
 CACHE_VERSION = 1
 
@@ -76,15 +76,15 @@ def story_cnn(model, padded: torch.Tensor, segment_frames: int = 1000) -> torch.
     tensor of shape (n_frames, conv_dim[-1])
     """
     config = model.config
-    hop = wavlm.frame_hop(config)
-    total = wavlm.conv_output_length(padded.shape[0], config)
-    field = wavlm.receptive_field(config)
+    hop = backbones.frame_hop(config)
+    total = backbones.conv_output_length(padded.shape[0], config)
+    field = backbones.receptive_field(config)
     out = []
     with torch.no_grad():
         for first in range(0, total, segment_frames):
             n = min(segment_frames, total - first)
             seg = padded[first * hop : (first + n - 1) * hop + field]
-            out.append(wavlm.cnn_features(model, seg[None])[0])
+            out.append(backbones.cnn_features(model, seg[None])[0])
     return torch.cat(out)
 
 
@@ -134,21 +134,21 @@ def window_vectors(
     spec = windows.spec
     starts = windows.ends[ids]
     if cnn is not None:
-        frames = wavlm.conv_output_length(spec.window_samples, config)
-        feats = cut_windows(cnn, starts // wavlm.frame_hop(config), frames, 1)
+        frames = backbones.conv_output_length(spec.window_samples, config)
+        feats = cut_windows(cnn, starts // backbones.frame_hop(config), frames, 1)
     else:
         audio = cut_windows(padded, starts, spec.window_samples, spec.frame_samples)
         with torch.no_grad():
-            feats = wavlm.cnn_features(model, audio)
-    states = wavlm.encode(model, feats, max(layers))
+            feats = backbones.cnn_features(model, audio)
+    states = backbones.encode(model, feats, max(layers))
     return {k: states[k][:, -spec.chunk_frames :].mean(dim=1) for k in layers}
 
 
 def resolve_cnn_cache(model, cnn_cache: bool | str) -> bool:
     """``"auto"`` -> use the story-level CNN when slicing it is exact (never for Whisper, which refuses it)."""
     if cnn_cache == "auto":
-        return wavlm.cnn_slicing_is_exact(model.config)
-    if cnn_cache and wavlm.is_whisper(model.config):
+        return backbones.cnn_slicing_is_exact(model.config)
+    if cnn_cache and backbones.is_whisper(model.config):
         raise ConfigError("cnn_cache: Whisper's front end cannot be cut from the story's (its log-mel is normalised "
                           "by each input's maximum); use cnn_cache: auto or off")
     return bool(cnn_cache)
@@ -261,7 +261,7 @@ class FrozenFeatures:
     @property
     def model(self):
         if self._model is None:
-            self._model = wavlm.load_wavlm(self.model_name).to(self.device)
+            self._model = backbones.load_backbone(self.model_name).to(self.device)
         return self._model
 
     @property

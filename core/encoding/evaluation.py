@@ -3,7 +3,7 @@
 :func:`ridge_evaluation` fits ridge (per-voxel alphas, contiguous-chunk CV) from a
 feature function's training-story features to the responses, predicts each held-out
 set of stories (validation, test) and scores them. The frozen baseline
-(:mod:`core.baseline`) and the tuned model's evaluation use it alike, so the two
+(:mod:`core.encoding.baseline`) and the tuned model's evaluation use it alike, so the two
 numbers are comparable.
 
 Memory
@@ -18,9 +18,9 @@ count is the fit's weights (n_features x n_voxels, float32) and per-voxel result
 Summary keys (stable: scripts and tools read them): ``mean_r`` (whole cortex),
 ``roi_mean_r`` (ROI name -> mean r), and where the stories have repeats
 ``ceiling_fraction`` and ``roi_ceiling_fraction`` (see
-:func:`core.metrics.mean_ceiling_fraction`), plus ``mean_ceiling``. A ridge evaluation
+:func:`core.encoding.metrics.mean_ceiling_fraction`), plus ``mean_ceiling``. A ridge evaluation
 adds ``alpha_edge_fraction``: the fraction of voxels whose alpha is at either end of
-the grid (:attr:`core.ridge.RidgeFit.edge_fraction`).
+the grid (:attr:`core.encoding.ridge.RidgeFit.edge_fraction`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
-from .ridge import ALPHA_CONVENTION, ALPHAS, BLOCK_BYTES, RidgeFit, fit_ridge
+from core.encoding import metrics
+from core.encoding.ridge import ALPHA_CONVENTION, ALPHAS, BLOCK_BYTES, RidgeFit, fit_ridge
 
 # Working memory of one voxel block when scoring held-out stories or computing a
 # ceiling (these have few rows, so blocks can be wide).
@@ -68,12 +68,12 @@ class Evaluation:
 class StoryResponses:
     """One subject's responses to a list of stories, stacked over time, read per voxel block.
 
-    Stands for the (n_trs, n_voxels) array :func:`core.ridge.fit_ridge` takes without
+    Stands for the (n_trs, n_voxels) array :func:`core.encoding.ridge.fit_ridge` takes without
     loading it: :meth:`block` reads only the requested columns of each story's file.
 
     Parameters
     ----------
-    dataset : core.dataset.Dataset
+    dataset : core.data.dataset.Dataset
     subject : str
     stories : sequence of str, in the order their rows are stacked.
 
@@ -147,7 +147,7 @@ def prediction_r(prediction: np.ndarray | Callable[[slice], np.ndarray], dataset
     ----------
     prediction : array of shape (n_trs, n_voxels) (NaN columns give NaN), or a callable
         that returns the columns of a ``slice`` of voxels, shape (n_trs, width), such as
-        :func:`core.model.readout_prediction`: then no array of all voxels is ever made.
+        :func:`core.tuning.model.readout_prediction`: then no array of all voxels is ever made.
 
     Memory holds the prediction (or one block of it) and one block of responses, never
     all of them.
@@ -231,7 +231,7 @@ def ridge_evaluation(
     held_out : mapping of set name (e.g. "val", "test") -> story names; sets with no
         stories are skipped.
     alphas, chunk_len, seed, backend, voxel_block, block_bytes : see
-        :func:`core.ridge.fit_ridge`.
+        :func:`core.encoding.ridge.fit_ridge`.
     progress : callable receiving one-line messages.
 
     Returns

@@ -1,4 +1,4 @@
-"""The BrainWavLM encoding model: WavLM (+ LoRA) -> windows -> TRs -> delays -> voxels.
+"""The brain model: backbone (+ LoRA) -> windows -> TRs -> delays -> readout; how it is built, and its optimiser groups.
 
     audio windows --WavLM up to the read-out layer--> one vector per window (chunk mean)
       --Lanczos (banded, differentiable)--> TR features --running normalisation-->
@@ -16,35 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import wavlm as backbones
-from .distributed import all_reduce_mean
-from .extract import StoryWindows, story_cnn, to_trs, window_vectors
-from .features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
-
-
-def adapt(model, layers: list[int], targets: list[str], rank: int, alpha: float, dropout: float) -> list[nn.Parameter]:
-    """Make ``layers`` of a backbone trainable: LoRA adapters on ``targets``, or all weights when ``rank == 0``.
-
-    Every other weight is frozen. Adapters start at zero (peft initialises ``lora_B`` to
-    0), so the adapted model starts equal to the pretrained one.
-
-    Returns
-    -------
-    the trainable parameters.
-    """
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if rank == 0:
-        for layer in layers:
-            for p in backbones.encoder_layers(model)[layer - 1].parameters():
-                p.requires_grad_(True)
-    elif layers:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        names = [backbones.target_module_name(model.config, layer, t) for layer in layers for t in targets]
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
-        inject_adapter_in_model(config, model)
-    return [p for p in model.parameters() if p.requires_grad]
+from core.backbones import adapt, load_backbone
+from core.encoding.extract import StoryWindows, resolve_cnn_cache, story_cnn, to_trs, window_vectors
+from core.encoding.features import LanczosOperator, WindowSpec, delay_features, extended_tr_times
+from core.tuning.distributed import all_reduce_mean
 
 
 class RunningNorm(nn.Module):
@@ -143,7 +118,7 @@ def ridge_as_linear(fit, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    fit : core.ridge.RidgeFit
+    fit : core.encoding.ridge.RidgeFit
     outputs : int array of shape (n_outputs,)
 
     Returns
@@ -173,7 +148,7 @@ def readout_prediction(readout: Readout, x: torch.Tensor, outputs: np.ndarray, n
     Returns
     -------
     predict : callable ``voxels (slice) -> float32 array (n_trs, width)``, NaN for voxels
-        not in ``outputs``; for :func:`core.evaluation.prediction_r`. Only the bottleneck
+        not in ``outputs``; for :func:`core.encoding.evaluation.prediction_r`. Only the bottleneck
         (n_trs x k) is kept: the (n_trs, n_voxels) prediction is never made whole.
     """
     with torch.no_grad():
@@ -235,7 +210,7 @@ class BrainModel(nn.Module):
 
     Parameters
     ----------
-    wavlm : a ``WavLMModel`` (adapters already added, see :func:`adapt`).
+    wavlm : a ``WavLMModel`` (adapters already added, see :func:`core.backbones.adapt`).
     readout_layers : layers read out (1-based); several are mixed by learned softmax weights.
     spec : window settings.
     delays : FIR delays in TRs.
@@ -334,9 +309,9 @@ class BrainModel(nn.Module):
             self.train(training)
 
     def ridge_features(self, story: StoryInput, vectors: torch.Tensor) -> np.ndarray:
-        """Window vectors -> the ridge protocol's features of every response TR (:func:`core.extract.to_trs`).
+        """Window vectors -> the ridge protocol's features of every response TR (:func:`core.encoding.extract.to_trs`).
 
-        Each story z-scored on its own, as :mod:`core.baseline` does, so a ridge on the
+        Each story z-scored on its own, as :mod:`core.encoding.baseline` does, so a ridge on the
         epoch-0 vectors is the frozen baseline exactly; the running normalisation is the
         model's own readout's, not the ridge's.
 
@@ -358,3 +333,37 @@ class BrainModel(nn.Module):
         with torch.no_grad():
             for name, value in state.items():
                 own[name].copy_(value)
+
+
+def build_model(config, model_name: str, spec: WindowSpec, n_outputs: int, cotrained: dict[str, int],
+                device: torch.device) -> tuple[BrainModel, list[nn.Parameter], bool]:
+    """The backbone with its adapters (:func:`core.backbones.adapt`) inside a :class:`BrainModel` on ``device``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    n_outputs : voxels the run's own readout predicts; ``cotrained``: subject -> voxels of its readout.
+
+    Returns
+    -------
+    the model, the backbone's trainable parameters, and whether the story-level CNN cache is used.
+    """
+    net = load_backbone(model_name, layerdrop=config.layerdrop, dropout=config.dropout)
+    cnn_cache = resolve_cnn_cache(net, {"on": True, "off": False}.get(config.cnn_cache, config.cnn_cache))
+    trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank,
+                      config.lora_alpha, config.lora_dropout)
+    layers = config.readout_layers or [config.readout_layer]
+    model = BrainModel(net, layers, spec, config.delays, config.bottleneck, n_outputs, cnn_cache,
+                       config.norm_momentum, cotrained=cotrained).to(device)
+    return model, trainable, cnn_cache
+
+
+def make_optimizer(model: BrainModel, trainable: list[nn.Parameter], config) -> torch.optim.Optimizer:
+    """AdamW over the model's groups: ``backbone`` (the adapters, at ``lr``) and ``readout`` (every readout and
+    the layer weights, at ``readout_lr``)."""
+    head = [p for readout in model.readouts() for p in readout.parameters()]
+    head += [model.layer_logits] if model.layer_logits is not None else []
+    groups = [{"params": head, "lr": config.readout_lr, "name": "readout"}]
+    if trainable:
+        groups.insert(0, {"params": trainable, "lr": config.lr, "name": "backbone"})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 LOSSES = ("spatial", "temporal", "mse")
 EPS = 1e-8

@@ -1,7 +1,7 @@
 """Data parallelism for the trainer: which worker am I, and the few collectives it needs.
 
 Inside a ``torch.distributed`` process group (Ray Train sets one up: gloo on CPU, NCCL on
-GPU) every worker runs the same :class:`core.trainer.Trainer`. Gradients are averaged by
+GPU) every worker runs the same :class:`core.tuning.trainer.Trainer`. Gradients are averaged by
 ``DistributedDataParallel``; what DDP does not cover lives here: the normalisation
 statistics of a step (:func:`all_reduce_mean`), the per-epoch features, which each worker
 computes for its share of the stories and rank 0 collects (:func:`gather_to_first`), and
@@ -89,3 +89,13 @@ def broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def data_parallel(model: torch.nn.Module, find_unused_parameters: bool) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel``, every worker starting from rank 0's parameters and statistics."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # DDP starts every worker from rank 0's parameters (epoch 0 set the readout there);
+    # the normalisation statistics too, once: after that each step averages them.
+    broadcast_([model.norm.mean, model.norm.var])
+    return DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)

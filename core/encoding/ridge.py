@@ -33,7 +33,7 @@ predictions of the wrong scale. Ties go to the larger alpha, as in himalaya.
 Memory
 ------
 ``Y`` is read one block of ``voxel_block`` voxels at a time: an array, or any object
-with ``shape`` and ``block(start, stop)`` (e.g. :class:`core.evaluation.StoryResponses`,
+with ``shape`` and ``block(start, stop)`` (e.g. :class:`core.encoding.evaluation.StoryResponses`,
 which reads the block's columns from the response files). When ``voxel_block`` is None
 it is chosen so that one block's working memory stays under ``block_bytes`` (default
 :data:`BLOCK_BYTES`). Besides one block, the fit holds standardised X (float32), per

@@ -55,11 +55,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.audio import SAMPLE_RATE, low_rate_warning, read_wav, resample, wav_duration, wav_rate, write_wav
 from core.cache import cache_root
+from core.data.audio import SAMPLE_RATE, low_rate_warning, read_wav, resample, wav_duration, wav_rate, write_wav
+from core.data.textgrid import Interval, read_textgrid, write_textgrid
 from core.errors import DataError
 from core.outputs import atomic_write
-from core.textgrid import Interval, read_textgrid, write_textgrid
 
 __all__ = [
     "TR", "TRIM_START", "TRIM_END", "RESPDICT_PAD", "SOUND_START", "SAMPLE_RATE",
@@ -207,7 +207,7 @@ class Dataset:
         -------
         audio : array of shape (n_samples,), float32
             Mono (channels averaged), in [-1, 1], resampled to ``SAMPLE_RATE`` if needed
-            (with a warning when the file's rate is lower: :func:`core.audio.low_rate_warning`).
+            (with a warning when the file's rate is lower: :func:`core.data.audio.low_rate_warning`).
         """
         path = self._audio_file(story)
         audio, rate = read_wav(path)
@@ -232,7 +232,7 @@ class Dataset:
         ``{LG}``, ``{NS}``, ``{BR}``, ``{LS}``, ``sentence_start``, ``sentence_end``: see
         :func:`is_marker`) dropped unless ``markers=True``. Labels keep their case (UPPER
         in ds003020). The raw tiers, empty intervals included, are
-        ``core.textgrid.read_textgrid(dataset.textgrid_path(story))``.
+        ``core.data.textgrid.read_textgrid(dataset.textgrid_path(story))``.
 
         Parameters
         ----------
@@ -489,7 +489,7 @@ class Dataset:
         ----------
         n_voxels : int, optional
             The voxel count to check the mask against; by default :meth:`n_voxels`, which
-            fails when any response file does (``core.check`` passes the count it found).
+            fails when any response file does (``core.data.check`` passes the count it found).
 
         Returns
         -------

@@ -13,7 +13,7 @@ stories' words (mean Pearson r over the family's target dimensions). Families:
   teacher's features at the planted layer (driven by the planted change) and at the
   dataset's low layer (untouched by it).
 
-The words are the spoken words of the stories' TextGrids (:meth:`core.dataset.Dataset.words`:
+The words are the spoken words of the stories' TextGrids (:meth:`core.data.dataset.Dataset.words`:
 non-speech markers such as ``sp`` or ``{LG}`` left out, as the reference does). A layer's
 feature at a word is the mean of the window vectors of the windows that end inside the
 word (the window ending first after the word's end when none does).
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .audio import SAMPLE_RATE
-from .config import SEMANTIC_PROBE
-from .errors import ConfigError, DataError
-from .ridge import fit_ridge
+from core.config import SEMANTIC_PROBE
+from core.data.audio import SAMPLE_RATE
+from core.encoding import metrics
+from core.encoding.ridge import fit_ridge
+from core.errors import ConfigError, DataError
 
 N_MEL_BANDS = 16
 # A family maps (story, words) to (targets of shape (n_words, n_dims), a bool mask of the words that have one).
@@ -192,7 +192,7 @@ def semantic_targets(path: str | Path) -> Family:
 
 def teacher_targets(dataset, layer: int, window_spec, device: str = "cpu") -> Family:
     """The synthetic teacher's features at ``layer``, pooled per word (needs ``truth/teacher``)."""
-    from .extract import FrozenFeatures
+    from core.encoding.extract import FrozenFeatures
 
     teacher = Path(dataset.root) / "truth" / "teacher"
     if not (teacher / "config.json").exists():
@@ -287,3 +287,29 @@ def run_probes(dataset, train: list[str], test: list[str], layer_features: Calla
                                 f"{len(X_test)} test)")
             out[family][layer] = probe_r(X_train, Y_train, X_test, Y_test, seed=seed, backend=backend)
     return out
+
+
+def probe(features, split) -> dict:
+    """The probe study: word-level probes of the pretrained model and of ``features``' current one.
+
+    Probes are fitted on the words of ``split``'s training stories and scored on its test
+    stories'; ``features`` is a :class:`core.tuning.story_features.StoryFeatures` (the best
+    epoch's in :func:`core.run.run`). Returns ``{family: {layer (str): {"pretrained": r, "tuned": r}}}``.
+    """
+    config, dataset = features.config, features.dataset
+    layers = config.probe_layers or list(range(1, config.readout_layer + 1))
+    targets = families(config.probes, dataset, features.spec, str(features.device))
+    frozen = features.frozen()
+
+    def pretrained(story):
+        return frozen.window_features(dataset, story, layers)
+
+    def tuned(story):
+        return features.layer_features(story, layers)
+
+    features.progress(f"probes: {', '.join(targets)} at layers {layers}")
+    scores = {name: run_probes(dataset, list(split.train), list(split.test), story_features, targets, layers,
+                               seed=config.seed, backend=config.ridge_backend)
+              for name, story_features in (("pretrained", pretrained), ("tuned", tuned))}
+    return {family: {str(layer): {name: scores[name][family][layer] for name in scores} for layer in layers}
+            for family in targets}

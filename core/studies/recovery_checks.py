@@ -17,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import wavlm as backbones
-from .evaluation import ridge_evaluation
-from .extract import FrozenFeatures
-from .loss import loss_fn
-from .trainer import Trainer, epoch_blocks
+from core import backbones
+from core.encoding.evaluation import ridge_evaluation
+from core.encoding.extract import FrozenFeatures
+from core.tuning.batches import epoch_blocks
+from core.tuning.loss import loss_fn
+from core.tuning.trainer import Trainer
 
 __all__ = ["write_oracle_adapters", "teacher_window_vectors", "ridge_test_r", "alignment_cosine"]
 
@@ -37,7 +38,7 @@ def write_oracle_adapters(trainer: Trainer, teacher: str) -> float:
     if config.lora_rank == 0:
         raise ValueError("lora_rank: 0 trains the layers' weights, not adapters; the oracle check needs adapters")
     net = trainer.model.wavlm
-    reference = backbones.load_wavlm(teacher)
+    reference = backbones.load_backbone(teacher)
     lost = 0.0
     for layer in config.lora_layer_list():
         for target in config.lora_targets:
@@ -56,14 +57,14 @@ def write_oracle_adapters(trainer: Trainer, teacher: str) -> float:
 
 def teacher_window_vectors(trainer: Trainer, teacher: str, stories) -> dict[str, torch.Tensor]:
     """The teacher's read-out window vectors (n_windows, hidden_size) of ``stories``, by the baseline's extractor."""
-    extractor = FrozenFeatures(teacher, trainer.spec, device=str(trainer.device), cnn_cache=trainer.cnn_cache,
+    extractor = FrozenFeatures(teacher, trainer.spec, device=str(trainer.device), cnn_cache=trainer.features.cnn_cache,
                                batch_windows=trainer.config.batch_windows)
-    return trainer.window_vectors(stories, extractor)
+    return trainer.features.window_vectors(stories, extractor)
 
 
 def ridge_test_r(trainer: Trainer, vectors: dict[str, torch.Tensor]) -> np.ndarray:
     """Per-voxel test r (n_voxels,) of the trainer's ridge protocol on window vectors of every story of the run."""
-    features = {s: trainer.model.ridge_features(trainer.story_input(s, targets=False), vectors[s]) for s in trainer.stories}
+    features = {s: trainer.model.ridge_features(trainer.story_input(s, targets=False), vectors[s]) for s in trainer.cohort.stories}
     _, scored = ridge_evaluation(features, trainer.dataset, trainer.subject, trainer.split.train,
                                  {"test": trainer.split.test}, seed=trainer.config.seed, backend=trainer.config.ridge_backend)
     return scored["test"].r
@@ -83,7 +84,7 @@ def alignment_cosine(trainer: Trainer, frozen: dict[str, torch.Tensor], teacher:
     model.eval()  # the normalisation statistics stay as epoch 0 set them
     stories = trainer.split.train
     leaves = {s: frozen[s].to(trainer.device).clone().requires_grad_(True) for s in stories}
-    blocks = epoch_blocks({s: trainer.story_trs[s] for s in stories}, trainer.config.block_trs, trainer.config.seed, 1)
+    blocks = epoch_blocks({s: trainer.cohort.story_trs[s] for s in stories}, trainer.config.block_trs, trainer.config.seed, 1)
     for story, start, stop in blocks:
         inp = trainer.story_input(story)
         pred = model.readout(model.head(leaves[story], inp, slice(start, stop)))

@@ -8,7 +8,7 @@ The pipeline (BRIEF section 2) is
 
 Window edges are snapped to the CNN's frame grid (``frame_samples`` = 320 samples at
 16 kHz) so that the frozen CNN can run once per story and each window reads a slice of
-its output (see :mod:`core.wavlm`). Each window is stamped with its actual (snapped) end
+its output (see :mod:`core.backbones`). Each window is stamped with its actual (snapped) end
 time, so the interpolation stays exact.
 
 Everything here is plain numpy / torch; the Lanczos operator is a banded gather, so it
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 DELAYS = (1, 2, 3, 4)
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .evaluation import ridge_evaluation
-from .model import ridge_as_linear
+from core.encoding.evaluation import ridge_evaluation
+from core.tuning.model import ridge_as_linear
 
 __all__ = ["whitening", "whitened_ridge_map"]
 
