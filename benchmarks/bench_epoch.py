@@ -153,7 +153,7 @@ def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: 
     net = load_backbone(str(root / "pretrained"), layerdrop=config.layerdrop, dropout=config.dropout)
     trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank, config.lora_alpha,
                       config.lora_dropout)
-    spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
+    spec = WindowSpec.of(config)
     model = BrainModel(net, [layer], spec, config.delays, config.bottleneck, n_voxels, cnn_cache=False,
                        norm_momentum=config.norm_momentum).to(device)
     optimizer = torch.optim.AdamW([{"params": trainable, "lr": config.lr},
