@@ -11,7 +11,6 @@ checkpoint's modules and weights unchanged; nothing in transformers is patched.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +71,7 @@ def relative_bias(attn, t: int) -> torch.Tensor:
 
 
 def chunked(q, k, v, gate, table, layout: ChunkLayout, dropout: float) -> torch.Tensor:
-    """Attention of each query group of ``layout`` to its window of keys (``layout.query_groups``).
+    """Attention under ``layout``: each pass's first window to itself, each later chunk to its window's keys.
 
     Parameters
     ----------
@@ -82,31 +81,28 @@ def chunked(q, k, v, gate, table, layout: ChunkLayout, dropout: float) -> torch.
 
     Returns
     -------
-    tensor of shape (batch, n_frames, n_heads, head_dim); every frame is a query of one group.
+    tensor of shape (batch, n_frames, n_heads, head_dim)
     """
     b, t, h, hd = q.shape
-    queries, valid, key_start = layout.query_groups()
-    keys = key_start[..., None] + np.arange(layout.window_frames)  # (b, g, window_frames)
-    g, size = queries.shape[1:]
-
-    def on_device(a):
-        return torch.as_tensor(a, device=q.device)
-
+    w = layout.window_frames
+    index = layout.index(q.device)
+    bias = None if gate is None else (gate[:, :, :w] * table[:, index.first_relative]).to(q.dtype)
+    first = F.scaled_dot_product_attention(q[:, :w].transpose(1, 2), k[:, :w].transpose(1, 2),
+                                           v[:, :w].transpose(1, 2), attn_mask=bias, dropout_p=dropout)
+    out = torch.cat([first.transpose(1, 2), q.new_zeros(b, t - w, h, hd)], dim=1)
+    g, size = index.queries.shape[1:]
+    if not index.frames.numel():
+        return out
     rows = torch.arange(b, device=q.device)[:, None, None]
-    qi, ki = on_device(queries), on_device(keys)
 
     def heads_first(x):  # (b, g, n, h, hd) -> (b * g, h, n, hd)
         return x.reshape(b * g, x.shape[2], h, hd).transpose(1, 2)
 
-    bias = None
     if gate is not None:
-        relative = on_device(keys[:, :, None, :] - queries[:, :, :, None] + t - 1)  # (b, g, size, window_frames)
-        gates = gate[:, :, :, 0].transpose(1, 2)[rows, qi]  # (b, g, size, h)
-        bias = table[:, relative].permute(1, 2, 0, 3, 4) * gates.permute(0, 1, 3, 2)[..., None]
+        gates = gate[:, :, :, 0].transpose(1, 2)[rows, index.queries]  # (b, g, size, h)
+        bias = table[:, index.relative].permute(1, 2, 0, 3, 4) * gates.permute(0, 1, 3, 2)[..., None]
         bias = bias.reshape(b * g, h, size, -1).to(q.dtype)
-    out = F.scaled_dot_product_attention(heads_first(q[rows, qi]), heads_first(k[rows, ki]), heads_first(v[rows, ki]),
-                                         attn_mask=bias, dropout_p=dropout)
-    out = out.transpose(1, 2).reshape(b, g, size, h, hd)
-    pb, pg, pj = np.nonzero(valid)
-    return q.new_zeros(b, t, h, hd).index_put((on_device(pb), on_device(queries[pb, pg, pj])),
-                                               out[on_device(pb), on_device(pg), on_device(pj)])
+    later = F.scaled_dot_product_attention(heads_first(q[rows, index.queries]), heads_first(k[rows, index.keys]),
+                                           heads_first(v[rows, index.keys]), attn_mask=bias, dropout_p=dropout)
+    later = later.transpose(1, 2).reshape(b, g, size, h, hd)
+    return out.index_put((index.placed[0], index.frames), later[index.placed])

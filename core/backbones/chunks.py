@@ -19,7 +19,8 @@ read 63 frames (1.26 s) past a chunk's end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +29,18 @@ import torch.nn.functional as F
 from core.errors import ConfigError
 
 
-@dataclass(frozen=True)
+class ChunkIndex(NamedTuple):
+    """:meth:`ChunkLayout.index`: the attention's gathers, as tensors on the model's device."""
+
+    queries: torch.Tensor  # (n_passes, n_chunks, chunk_size): each later chunk's query frames
+    keys: torch.Tensor  # (n_passes, n_chunks, window_frames): its window's frames
+    relative: torch.Tensor  # (n_passes, n_chunks, chunk_size, window_frames): key - query + n_frames - 1
+    placed: tuple[torch.Tensor, ...]  # (pass, chunk, slot) of every real query
+    frames: torch.Tensor  # the frame of each of those
+    first_relative: torch.Tensor  # (window_frames, window_frames): the first window's key - query + n_frames - 1
+
+
+@dataclass
 class ChunkLayout:
     """The chunks of a batch of passes of equal length.
 
@@ -42,45 +54,41 @@ class ChunkLayout:
     offsets: list[np.ndarray]
     window_frames: int
     n_frames: int
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         for o in self.offsets:
             if o[0] != 0 or o[-1] + self.window_frames != self.n_frames or np.any(np.diff(o) <= 0):
                 raise ValueError(f"window offsets {o[:4]}... do not make a pass of {self.n_frames} frames")
 
-    def query_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The attention's work: groups of query frames that attend to the same window of keys.
+    def index(self, device) -> ChunkIndex:
+        """The attention's gathers as tensors on ``device`` (made once per device, shared by every layer).
 
-        Every chunk but the first is one group (its frames attend to its window); the first
-        chunk (the whole first window) is cut into groups of the same size. Passes with fewer
-        groups are padded with empty ones.
-
-        Returns
-        -------
-        queries : int array (n_passes, n_groups, group_size), frame indices (padded by repeats).
-        valid : bool array of the same shape, False for padding.
-        key_start : int array (n_passes, n_groups): the group's keys are frames
-            ``key_start ... key_start + window_frames - 1``.
+        The first window of each pass attends to itself, as a window does; every later chunk
+        is one group of queries that attend to its window's keys. Chunks are padded to the
+        longest (padding repeats the chunk's last frame and is dropped), passes with fewer
+        chunks with empty ones.
         """
-        starts, ends = self.later_chunks()
-        size = max(1, int((ends - starts).max()) if ends.size else self.window_frames)
-        head = np.arange(0, self.window_frames, size)  # the first window's groups
-        per_pass = []
-        for b in range(len(self.offsets)):
-            real = ends[b] > starts[b]
-            per_pass.append((np.concatenate([head, starts[b][real]]),
-                             np.concatenate([np.minimum(head + size, self.window_frames), ends[b][real]]),
-                             np.concatenate([np.full(len(head), self.window_frames), ends[b][real]])))
-        n_groups = max(len(first) for first, _, _ in per_pass)
-        queries = np.zeros((len(per_pass), n_groups, size), np.int64)
-        valid = np.zeros(queries.shape, bool)
-        key_start = np.zeros((len(per_pass), n_groups), np.int64)
-        for b, (first, stop, window_end) in enumerate(per_pass):
-            frames = first[:, None] + np.arange(size)
-            valid[b, : len(first)] = frames < stop[:, None]
-            queries[b, : len(first)] = np.minimum(frames, stop[:, None] - 1)
-            key_start[b, : len(first)] = window_end - self.window_frames
-        return queries, valid, key_start
+        key = str(device)
+        if key not in self._index:
+            starts, ends = self.later_chunks()
+            size = max(1, int((ends - starts).max())) if ends.size else 1
+            frames = ends[:, :, None] - size + np.arange(size)  # (n_passes, n_chunks, size), right-aligned
+            valid = (frames >= starts[:, :, None]) & (ends[:, :, None] > starts[:, :, None])
+            queries = np.maximum(frames, starts[:, :, None]).clip(0)
+            keys = (ends - self.window_frames).clip(0)[:, :, None] + np.arange(self.window_frames)
+            placed = np.nonzero(valid)
+            first = np.arange(self.window_frames)
+
+            def on_device(a):
+                return torch.as_tensor(a, device=device)
+
+            self._index[key] = ChunkIndex(
+                on_device(queries), on_device(keys),
+                on_device(keys[:, :, None, :] - queries[:, :, :, None] + self.n_frames - 1),
+                tuple(on_device(a) for a in placed), on_device(queries[placed]),
+                on_device(first[None, :] - first[:, None] + self.n_frames - 1))
+        return self._index[key]
 
     def later_chunks(self) -> tuple[np.ndarray, np.ndarray]:
         """Start and end frames of every chunk but each pass's first: int arrays (n_passes, max chunks), 0-padded."""
