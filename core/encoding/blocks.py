@@ -24,8 +24,9 @@ What is the same as windows mode and what is not:
 - Front ends, decided per family: a layer-norm CNN (WavLM large, HuBERT, wav2vec2 large)
   is local, so the story-level CNN cache is sliced as in windows mode. A group-norm CNN
   (wavlm-base, base-plus) normalises each channel over its input: here over the pass
-  (about 20 s) instead of the 4-s window, so the normalisation statistics, but no frame,
-  see audio after a chunk. Whisper's log-mel is clipped 8 below the pass's maximum instead
+  (``block_seconds`` plus a window: 4.75 s at the default 1 s and the paper's windows)
+  instead of the 4-s window, so the normalisation statistics, but no frame, see audio
+  after a chunk. Whisper's log-mel is clipped 8 below the pass's maximum instead
   of the window's, and its convolutions and centred STFT frames read up to 25 ms past a
   chunk's end (they are padded at a window's edge); its absolute positions count from the
   pass's first frame, so a pass, like a window, must fit in 30 s.

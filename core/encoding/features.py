@@ -52,7 +52,7 @@ class WindowSpec:
         network on its own) or ``blocks`` (runs of consecutive windows in one pass, each
         chunk attending to its own window's frames only: :mod:`core.encoding.blocks`).
     block_seconds : float
-        In ``blocks`` extraction, seconds of window ends per pass (16 s: 64 windows at the
+        In ``blocks`` extraction, seconds of window ends per pass (1 s: 4 windows at the
         paper's 0.25-s stride); each pass also reads one window of audio before them.
     """
 
@@ -62,7 +62,7 @@ class WindowSpec:
     sample_rate: int = 16000
     frame_samples: int = 320
     extraction: str = "windows"
-    block_seconds: float = 16.0
+    block_seconds: float = 1.0
 
     def __post_init__(self):
         for name in ("context", "chunk", "stride", "block_seconds"):
