@@ -128,3 +128,14 @@ def test_a_blocks_run_trains_and_scores_its_baseline_as_core_baseline_does_in_bl
                                "--extraction", "blocks", "--block-seconds", "4"]) == 0
     with h5py.File(out / "voxel_r.hf5") as f, h5py.File(tmp_path / "run" / "voxel_r.hf5") as g:
         np.testing.assert_allclose(g["baseline_r"][:], f["r"][:], atol=1e-5)
+
+
+def test_windows_that_do_not_overlap_are_the_windows_at_every_layer():
+    """1-s windows every 1 s (the demo's): each chunk is its whole window, so a pass of many is the windows."""
+    model = tiny_model(feat_extract_norm="layer")
+    spec = WindowSpec(context=0.75, chunk=0.25, stride=1.0)
+    sound = audio(8.0, seed=5).numpy()
+    windowed = vectors(model, sound, spec, cnn=True)
+    block = vectors(model, sound, blocks(8.0, spec), cnn=True)
+    for k in LAYERS:
+        torch.testing.assert_close(block[k], windowed[k], rtol=0, atol=1e-5)

@@ -104,9 +104,10 @@ class ChunkLayout:
 def chunked_position_conv(pos, hidden: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     """WavLM's convolutional position embedding with each chunk's frames seeing nothing after the chunk's end.
 
-    Each frame's output is the module's for the frames up to its chunk's end followed by
-    silence (zeros), the way a window's last frames see the zeros after the window; the
-    first chunk (the whole first window) is the module run on that window alone. Costs
+    Each frame's output is the module's for its chunk's window (the frames from the
+    window's start to the chunk's end) between silence (zeros), the way a window's frames
+    see zeros outside the window; the first chunk (the whole first window) is the module
+    run on that window alone. Costs
     about what one pass of the module over the sequence costs: each chunk computes only
     its own outputs.
 
@@ -137,7 +138,8 @@ def chunked_position_conv(pos, hidden: torch.Tensor, layout: ChunkLayout) -> tor
     def on_device(a):
         return torch.as_tensor(a, device=hidden.device)
 
-    valid = on_device((index >= 0) & (index < ends[:, :, None]))
+    # Within the chunk's window, as a window's frames see zeros outside it.
+    valid = on_device((index >= ends[:, :, None] - layout.window_frames) & (index >= 0) & (index < ends[:, :, None]))
     rows = torch.arange(n, device=hidden.device)[:, None, None]
     segments = hidden[rows, on_device(index.clip(0, t - 1))] * valid[..., None]
     c = segments.shape[1]
