@@ -1,7 +1,8 @@
 """``extraction: windows`` against ``blocks``, side by side in one run: FLOPs, epoch time, features, ridge r, gap closed.
 
-    python -m benchmarks.bench_extraction [--parts flops,epochs,features,real] [--epochs 3]
-        [--out bench-extraction] [--real-data DIR] [--json FILE]
+    python -m benchmarks.bench_extraction [--parts flops,epochs,own,features,real] [--epochs 4]
+        [--sizes tiny,demo] [--own demo DIR ...] [--own-lr 1e-3] [--out bench-extraction]
+        [--real-data DIR] [--block-seconds 4 16] [--json FILE]
 
 Parts (each prints its own lines; everything goes to ``--json``, default
 ``benchmarks/results/extraction_cpu.json``):
@@ -20,6 +21,10 @@ Parts (each prints its own lines; everything goes to ``--json``, default
   and the epoch's feature pass and ridge), the frozen ridge r on the planted voxels of the
   test story (epoch 0), the tuned one (best epoch), and the share of the planted gap
   closed against the teacher's ridge (windows, the truth).
+- ``own``: the same on planted data with the windows it was made with (``--own``: the
+  ``demo`` size's 1-s windows every 1 s, or dataset folders such as the Whisper tiny.en data
+  of ``benchmarks.real_speech_recovery``, trained at ``--own-lr``): windows that do not
+  overlap, so blocks save nothing there and may only differ where a pass joins windows.
 - ``features``: per layer, the correlation between the two modes' frozen window features
   (each feature over a story's windows, averaged over features) of a real network on
   real speech: the pretrained model of ``--real-data`` (a planted-teacher dataset made on
@@ -69,44 +74,46 @@ def counted(fn) -> tuple[float, float]:
     return float(total), float(total - front)
 
 
-def flops() -> dict:
-    """Per ds003020 epoch at wavlm-base-plus size (module docstring)."""
+def flops(block_seconds: list[float]) -> dict:
+    """Per ds003020 epoch at wavlm-base-plus size (module docstring), windows and blocks of each of ``block_seconds``."""
     from transformers import WavLMConfig, WavLMModel
 
     with torch.device("meta"):
         model = WavLMModel(WavLMConfig()).eval()
     seconds = 120.0
     audio = np.zeros(int(seconds * 16000), np.float32)
+    specs = {"windows": PAPER, **{f"blocks_{s:g}s": replace(PAPER, extraction="blocks", block_seconds=s)
+                                  for s in block_seconds}}
     out = {}
-    for name, spec in both(PAPER).items():
+    for name, spec in specs.items():
         windows = StoryWindows.for_audio(len(audio), spec)
         padded = torch.from_numpy(windows.pad(audio)).to("meta")
         trs = np.arange(10, int(seconds / TR) - 5) * TR + TR / 2
         lanczos = LanczosOperator(windows.times, extended_tr_times(trs, DELAYS))
         ids = lanczos.windows_for(slice(20, 20 + BLOCK_TRS + DELAYS))  # an interior 10-TR block
+        every = np.flatnonzero(windows.ends <= 60 * 16000)  # a minute of the feature pass
         with torch.no_grad():
             block, block_transformer = counted(lambda: window_vectors(model, padded, windows, ids, [9]))
-            minute = windows.ends <= 60 * 16000
-            every = np.flatnonzero(minute)
             pass_, pass_transformer = counted(lambda: [window_vectors(model, padded, windows, every[i:i + 64], [9])
                                                        for i in range(0, len(every), 64)])
-        blocks_per_epoch = EPOCH_TRS / BLOCK_TRS
-        minutes = EPOCH_TRS * TR / 60
+        blocks_per_epoch, minutes = EPOCH_TRS / BLOCK_TRS, EPOCH_TRS * TR / 60
         out[name] = {"windows_per_block": int(len(ids)), "block_tflops": block / 1e12,
                      "block_transformer_tflops": block_transformer / 1e12,
                      "feature_pass_tflops_per_minute": pass_ / 1e12,
                      "epoch_transformer_tflops_forward": (block_transformer * blocks_per_epoch
                                                           + pass_transformer * minutes) / 1e12,
                      "epoch_tflops_forward": (block * blocks_per_epoch + pass_ * minutes) / 1e12}
+        if name != "windows":
+            w = out["windows"]
+            out[name]["transformer_ratio"] = (w["epoch_transformer_tflops_forward"]
+                                              / out[name]["epoch_transformer_tflops_forward"])
+            out[name]["total_ratio"] = w["epoch_tflops_forward"] / out[name]["epoch_tflops_forward"]
         print(f"flops {name}: {len(ids)} windows per 10-TR block, {block / 1e12:.2f} TFLOP forward "
               f"({block_transformer / 1e12:.2f} in the transformer); per ds003020 epoch "
               f"{out[name]['epoch_tflops_forward']:.0f} TFLOP forward "
-              f"({out[name]['epoch_transformer_tflops_forward']:.0f} transformer)", flush=True)
-    out["transformer_ratio"] = (out["windows"]["epoch_transformer_tflops_forward"]
-                                / out["blocks"]["epoch_transformer_tflops_forward"])
-    out["total_ratio"] = out["windows"]["epoch_tflops_forward"] / out["blocks"]["epoch_tflops_forward"]
-    print(f"flops: windows / blocks = {out['transformer_ratio']:.1f}x (transformer), "
-          f"{out['total_ratio']:.1f}x (with the CNN)", flush=True)
+              f"({out[name]['epoch_transformer_tflops_forward']:.0f} transformer)"
+              + ("" if name == "windows" else f"; windows / this: {out[name]['transformer_ratio']:.1f}x "
+                 f"(transformer), {out[name]['total_ratio']:.1f}x (with the CNN)"), flush=True)
     return out
 
 
@@ -121,38 +128,63 @@ TRAINING = {"block_trs": 5, "bottleneck": 32, "loss": "temporal", "lr": 1e-2, "r
             "lora_alpha": 4, "dropout": 0.0, "lora_dropout": 0.0, "device": "cpu"}
 
 
-def epochs(out: Path, sizes: list[str], n_epochs: int) -> dict:
-    """``core.train`` in both modes on planted data made at the paper's windows (module docstring)."""
+def compare(data: Path, label: str, settings: dict, out: Path, window: WindowSpec, block_seconds: list[float]) -> dict:
+    """``core.train`` with ``settings`` on planted ``data`` (UTS01, the planted layer), ``window``'s windows:
+    windows, then blocks of each of ``block_seconds``; the runs already in ``out`` are read, not run again."""
     from benchmarks import planted_recovery
 
-    result = {"settings": {**TRAINING, "epochs": n_epochs}}
+    truth = json.loads((data / "truth" / "truth.json").read_text())["spec"]
+    layer = truth["high_layer"]
+    teacher = planted_high(data, reference(data, "UTS01", layer, window)["teacher"])
+    common = {**settings, "readout_layer": layer, "lora_layers": truth["planted_layers"],
+              **{k: v for k, v in window.as_dict().items() if k in ("context", "chunk", "stride")}}
+    runs = {"data": label, "settings": common, "teacher_high": teacher}
+    modes = {"windows": {"extraction": "windows"},
+             **{f"blocks_{s:g}s": {"extraction": "blocks", "block_seconds": s} for s in block_seconds}}
+    for name, mode in modes.items():
+        items = [f"{k}={json.dumps(v)}" for k, v in {**common, **mode}.items()]
+        arrays, wall = planted_recovery.train(data, "UTS01", out / f"run_{name}", items, threads=1)
+        summary = json.loads((out / f"run_{name}" / "summary.json").read_text())
+        frozen, tuned = planted_high(data, arrays["baseline_r"]), planted_high(data, arrays["tuned_r"])
+        seconds = [h["seconds"] for h in summary["history"]]
+        runs[name] = {"epoch_seconds": seconds, "frozen_high": frozen, "tuned_high": tuned,
+                      "best_epoch": arrays["best_epoch"], "gap_closed": (tuned - frozen) / (teacher - frozen),
+                      "val_r": [h["val_r"] for h in arrays["history"]]}
+        if name != "windows":
+            w, b = runs["windows"], runs[name]
+            b.update(epoch_speedup=float(np.mean(w["epoch_seconds"][1:]) / np.mean(b["epoch_seconds"][1:])),
+                     frozen_difference=b["frozen_high"] - w["frozen_high"],
+                     gap_points_difference=100 * (b["gap_closed"] - w["gap_closed"]))
+        print(f"{label} {name}: {np.mean(seconds[1:]):.0f} s per epoch (epoch 0: {seconds[0]:.0f} s); planted r "
+              f"frozen {frozen:.4f} -> tuned {tuned:.4f} (teacher {teacher:.4f}): "
+              f"{runs[name]['gap_closed']:.0%} of the gap (best epoch {arrays['best_epoch']})"
+              + ("" if name == "windows" else f"; vs windows: {b['epoch_speedup']:.1f}x faster per epoch, frozen r "
+                 f"{b['frozen_difference']:+.4f}, gap closed {b['gap_points_difference']:+.1f} points"), flush=True)
+    return runs
+
+
+def epochs(out: Path, sizes: list[str], n_epochs: int, block_seconds: list[float]) -> dict:
+    """Both modes on planted data made at the paper's windows (module docstring)."""
+    result = {}
     for size in sizes:
         data = generate(out / f"data_{size}", replace(SIZES[size], window=PAPER.as_dict()),
                         progress=lambda m: print(m, file=sys.stderr))
-        truth = json.loads((data / "truth" / "truth.json").read_text())["spec"]
-        layer = truth["high_layer"]
-        teacher = planted_high(data, reference(data, "UTS01", layer, PAPER)["teacher"])
-        common = {**TRAINING, "readout_layer": layer, "lora_layers": truth["planted_layers"], "epochs": n_epochs}
-        runs = {"data": f"core.synth size {size} at the paper's windows", "teacher_high": teacher}
-        for name in ("windows", "blocks"):
-            items = [f"{k}={json.dumps(v)}" for k, v in {**common, "extraction": name}.items()]
-            arrays, wall = planted_recovery.train(data, "UTS01", out / f"run_{size}_{name}", items, threads=1)
-            summary = json.loads((out / f"run_{size}_{name}" / "summary.json").read_text())
-            frozen, tuned = planted_high(data, arrays["baseline_r"]), planted_high(data, arrays["tuned_r"])
-            seconds = [h["seconds"] for h in summary["history"]]
-            runs[name] = {"wall_s": wall, "epoch_seconds": seconds, "frozen_high": frozen, "tuned_high": tuned,
-                          "best_epoch": arrays["best_epoch"], "gap_closed": (tuned - frozen) / (teacher - frozen),
-                          "val_r": [h["val_r"] for h in arrays["history"]]}
-            print(f"epochs {size} {name}: {np.mean(seconds[1:]):.0f} s per epoch (epoch 0: {seconds[0]:.0f} s); "
-                  f"planted r frozen {frozen:.4f} -> tuned {tuned:.4f} (teacher {teacher:.4f}): "
-                  f"{runs[name]['gap_closed']:.0%} of the gap (best epoch {arrays['best_epoch']})", flush=True)
-        w, b = runs["windows"], runs["blocks"]
-        runs["epoch_speedup"] = float(np.mean(w["epoch_seconds"][1:]) / np.mean(b["epoch_seconds"][1:]))
-        runs["frozen_difference"] = b["frozen_high"] - w["frozen_high"]
-        runs["gap_points_difference"] = 100 * (b["gap_closed"] - w["gap_closed"])
-        print(f"epochs {size}: blocks {runs['epoch_speedup']:.1f}x faster per epoch; frozen r "
-              f"{runs['frozen_difference']:+.4f}; gap closed {runs['gap_points_difference']:+.1f} points", flush=True)
-        result[size] = runs
+        result[size] = compare(data, f"{size} at the paper's windows", {**TRAINING, "epochs": n_epochs},
+                               out / f"runs_{size}", PAPER, block_seconds)
+    return result
+
+
+def own(out: Path, datasets: list[str], n_epochs: int, lr: float, block_seconds: list[float]) -> dict:
+    """Both modes on planted data with the windows it was made with: ``demo`` (made here) or dataset folders."""
+    result = {}
+    for name in datasets:
+        if name in SIZES:
+            data, settings = generate(out / f"data_{name}_own", SIZES[name], progress=lambda m: None), TRAINING
+        else:
+            data, settings = Path(name), {**TRAINING, "lr": lr}
+        window = WindowSpec(**json.loads((data / "truth" / "truth.json").read_text())["spec"]["window"])
+        result[name] = compare(data, f"{name} (its own windows)", {**settings, "epochs": n_epochs},
+                               out / f"runs_own_{Path(name).name}", window, block_seconds)
     return result
 
 
@@ -204,12 +236,15 @@ def real(real_data: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="flops,epochs,features,real")
+    parser.add_argument("--parts", default="flops,epochs,own,features,real")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--sizes", default="tiny,demo", help="part epochs: core.synth sizes, made at the paper's windows")
     parser.add_argument("--out", type=Path, default=Path("bench-extraction"))
+    parser.add_argument("--own", nargs="+", default=["demo"],
+                        help="part own: core.synth sizes or planted dataset folders, trained with their own windows")
+    parser.add_argument("--own-lr", type=float, default=1e-3, help="part own: the lr for dataset folders (real networks)")
     parser.add_argument("--real-data", type=Path, help="a planted-teacher dataset on Whisper tiny.en (parts features, real)")
-    parser.add_argument("--block-seconds", type=float, nargs="+", default=[16.0], help="part features: pass lengths")
+    parser.add_argument("--block-seconds", type=float, nargs="+", default=[16.0], help="blocks' pass lengths to measure")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/extraction_cpu.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -219,9 +254,11 @@ def main(argv=None) -> int:
                     "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     for part in parts:
         if part == "flops":
-            results["flops"] = flops()
+            results["flops"] = flops(args.block_seconds)
         elif part == "epochs":
-            results["epochs"] = epochs(args.out, args.sizes.split(","), args.epochs)
+            results["epochs"] = epochs(args.out, args.sizes.split(","), args.epochs, args.block_seconds)
+        elif part == "own":
+            results["own"] = own(args.out, args.own, args.epochs, args.own_lr, args.block_seconds)
         elif part in ("features", "real"):
             if args.real_data is None:
                 parser.error(f"part {part} needs --real-data")

@@ -130,10 +130,14 @@ def test_a_blocks_run_trains_and_scores_its_baseline_as_core_baseline_does_in_bl
         np.testing.assert_allclose(g["baseline_r"][:], f["r"][:], atol=1e-5)
 
 
-def test_windows_that_do_not_overlap_are_the_windows_at_every_layer():
-    """1-s windows every 1 s (the demo's): each chunk is its whole window, so a pass of many is the windows."""
+def test_a_chunk_that_is_its_whole_window_is_the_window_at_every_layer():
+    """1-s windows every 0.98 s: each chunk is its whole window (49 frames), so a pass of many is the windows
+    (the position embedding reads nothing before the window's start); windows that do not overlap at all
+    (the demo's 1 s every 1 s) go one per pass."""
+    assert blocks(8.0, WindowSpec(context=0.75, chunk=0.25, stride=1.0)).block_windows == 1
     model = tiny_model(feat_extract_norm="layer")
-    spec = WindowSpec(context=0.75, chunk=0.25, stride=1.0)
+    spec = WindowSpec(context=0.75, chunk=0.25, stride=0.98)
+    assert blocks(8.0, spec).block_windows == 8
     sound = audio(8.0, seed=5).numpy()
     windowed = vectors(model, sound, spec, cnn=True)
     block = vectors(model, sound, blocks(8.0, spec), cnn=True)

@@ -54,6 +54,8 @@ class WindowSpec:
     block_seconds : float
         In ``blocks`` extraction, seconds of window ends per pass (1 s: 4 windows at the
         paper's 0.25-s stride); each pass also reads one window of audio before them.
+        Windows that do not overlap (``stride >= context + chunk``) share nothing, so they
+        go one per pass: the windows' own features.
     """
 
     context: float = 3.75
@@ -91,7 +93,9 @@ class WindowSpec:
 
     @property
     def block_windows(self) -> int:
-        """Windows per pass in ``blocks`` extraction (at least 1)."""
+        """Windows per pass in ``blocks`` extraction: 1 when windows do not overlap (nothing to share)."""
+        if self.stride * self.sample_rate >= self.window_samples:
+            return 1
         return max(1, round(self.block_seconds / self.stride))
 
     def as_dict(self) -> dict:
