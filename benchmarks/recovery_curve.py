@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_trainer import machine
-from benchmarks.planted_recovery import group_means, reference
+from benchmarks.planted_recovery import RUNS, group_means, reference
 from benchmarks.real_speech_recovery import SETTINGS
 from core.cli import quiet_libraries
 from core.config import TrainConfig
@@ -38,14 +38,13 @@ from core.encoding.features import WindowSpec
 from core.synthetic import GROUPS
 from core.tuning.trainer import Trainer
 
-#: method -> settings on top of SETTINGS (issue 22's candidates; docs/real_speech.md).
+#: method -> settings on top of SETTINGS: planted_recovery's runs and issue 22's other candidates (docs/real_speech.md).
 METHODS = {
-    "lora": {},
-    "refit": {"readout_refit": "epoch"},
-    "two_scales": {"lr": 3e-3, "readout_lr": 1e-4},
-    "full_rank": {"bottleneck": 0},
-    "random_head": {"readout_init": "random", "readout_lr": 1e-2},
+    **RUNS,  # lora is the default: a rank-32 readout from the epoch-0 ridge map, trained at readout_lr 1e-3
     "refit_steps": {"readout_refit": "epoch", "readout_refit_steps": 50},
+    "two_scales": {"lr": 3e-3, "readout_lr": 1e-4},
+    "random_head": {"readout_init": "random", "readout_lr": 1e-2},
+    "full_slow": {"bottleneck": 0, "readout_lr": 1e-5},
 }
 
 
