@@ -134,7 +134,7 @@ def block_flops(config, n_windows: int, window_samples: int, readout_layer: int,
 
 
 def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: int, block_trs: int,
-          precision: str, n_blocks: int, root: Path):
+          precision: str, n_blocks: int, root: Path, extraction: str = "windows", block_seconds: float = 16.0):
     """The model, its optimiser, a prepared synthetic story and the config, as the trainer has them."""
     from transformers import WavLMConfig, WavLMModel
 
@@ -149,11 +149,12 @@ def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: 
     wavlm_config = WavLMConfig(**SIZES[size])
     WavLMModel(wavlm_config).save_pretrained(root / "pretrained")
     layer = readout_layer or min(9, wavlm_config.num_hidden_layers)
-    config = TrainConfig(readout_layer=layer, block_trs=block_trs, precision=precision, device=str(device))
+    config = TrainConfig(readout_layer=layer, block_trs=block_trs, precision=precision, device=str(device),
+                         extraction=extraction, block_seconds=block_seconds)
     net = load_backbone(str(root / "pretrained"), layerdrop=config.layerdrop, dropout=config.dropout)
     trainable = adapt(net, config.lora_layer_list(), config.lora_targets, config.lora_rank, config.lora_alpha,
                       config.lora_dropout)
-    spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
+    spec = WindowSpec.of(config)
     model = BrainModel(net, [layer], spec, config.delays, config.bottleneck, n_voxels, cnn_cache=False,
                        norm_momentum=config.norm_momentum).to(device)
     optimizer = torch.optim.AdamW([{"params": trainable, "lr": config.lr},
@@ -181,6 +182,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (and the bare step's)")
     parser.add_argument("--sdpa", choices=["auto", "math", "efficient", "cudnn"], default="auto",
                         help="restrict scaled_dot_product_attention to one kernel")
+    parser.add_argument("--extraction", choices=["windows", "blocks"], default="windows",
+                        help="blocks: one pass per run of windows (core.encoding.blocks); its FLOPs are counted")
+    parser.add_argument("--block-seconds", type=float, default=16.0, help="with --extraction blocks")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     parser.add_argument("--json", help="results file (default benchmarks/results/epoch_<device>_<precision>.json)")
     args = parser.parse_args(argv)
@@ -196,7 +200,8 @@ def main(argv=None) -> int:
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     with tempfile.TemporaryDirectory() as tmp:
         model, optimizer, story, config = build(args.size, device, args.readout_layer, args.voxels, args.block_trs,
-                                                args.precision, args.steps + 1, Path(tmp))
+                                                args.precision, args.steps + 1, Path(tmp), args.extraction,
+                                                args.block_seconds)
     layer = config.readout_layer
     weights = torch.ones(args.voxels, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -252,6 +257,13 @@ def main(argv=None) -> int:
     flops = [block_flops(cfg, len(w), model.spec.window_samples, layer, config.lora_layer_list(), config.lora_rank,
                          args.block_trs, len(model.delays), config.bottleneck, args.voxels) for w in windows[1:]]
     mean_flops = {k: float(np.mean([f[k] for f in flops])) for k in flops[0]}
+    if args.extraction == "blocks":  # the analytic count is of windows: count the backbone's forward + backward
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            bare_step(1)
+        mean_flops = {"total": counter.get_total_flops() + mean_flops["readout"],
+                      "backbone_counted": float(counter.get_total_flops()), "readout": mean_flops["readout"]}
     bare_flops = mean_flops["total"] - mean_flops["readout"]
     peak = args.peak_tflops or peak_tflops(device)
     for name, r in modes.items():
@@ -267,6 +279,7 @@ def main(argv=None) -> int:
           f"layer {layer}, LoRA r{config.lora_rank} on {','.join(config.lora_targets)} of layers "
           f"{config.lora_layer_list()[0]}-{config.lora_layer_list()[-1]}, {args.voxels} voxels, "
           f"{args.block_trs}-TR blocks, {np.mean([len(w) for w in windows[1:]]):.0f} windows/block, "
+          f"extraction {args.extraction}{f' ({args.block_seconds:g}-s passes)' if args.extraction == 'blocks' else ''}, "
           f"{args.precision}{', compiled' if args.compile else ''}, sdpa {args.sdpa}, on {machine().get('gpu', 'cpu')}")
     print(f"FLOPs per block: {mean_flops['total'] / 1e12:.3f} TFLOP (" + ", ".join(
         f"{k} {v / 1e12:.3f}" for k, v in mean_flops.items() if k != "total") + ")")

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     common += args.set
 
     config = TrainConfig.load(overrides=common)
-    window = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
+    window = WindowSpec.of(config)
     started = time.time()
     voxel_ref = reference(data, args.subject, layer, window)
     ref = {name: group_means(r, group) for name, r in voxel_ref.items()}

@@ -156,6 +156,10 @@ def export(run_dir, data, out, checkpoint: str = "best", merged: bool = True) ->
     summary = json.loads(paths[0].read_text())
     config = TrainConfig.load(paths[1])
     state = torch.load(paths[2], map_location="cpu", weights_only=False)
+    if config.extraction != "windows":
+        raise ConfigError(f"{paths[1]}: a run with extraction: {config.extraction} cannot be exported: its features "
+                          "need the chunked attention mask of core.encoding.blocks, which transformers' forward "
+                          "(the export's recipe) does not apply")
     if state["identity"] != config.identity():
         raise ConfigError(f"{paths[2]} holds a run with other settings than {paths[1]}")
     members = Cohort.load(config, Dataset(data), summary["subject"]).members

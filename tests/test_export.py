@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -22,6 +23,7 @@ from core.backbones import cnn_features, encode
 from core.cli import run
 from core.config import TrainConfig
 from core.data.dataset import Dataset
+from core.errors import ConfigError
 from core.run import run as run_training
 from core.tuning.trainer import Trainer
 from tests.test_backbones import audio, tiny
@@ -75,6 +77,12 @@ def test_the_export_computes_our_hidden_states_with_transformers_and_peft_alone(
                         ("norm.mean", trainer.model.norm.mean)]:
         key = name if name.startswith("norm.") else f"UTS01.{name}"
         torch.testing.assert_close(readout[key], value.detach())
+
+    if family == "wavlm":  # a blocks run's features need our chunked attention, which transformers lacks: refused
+        settings = yaml.safe_load((trainer.out / "config.yaml").read_text())
+        (trainer.out / "config.yaml").write_text(yaml.safe_dump({**settings, "extraction": "blocks"}))
+        with pytest.raises(ConfigError, match="extraction: blocks cannot be exported"):
+            export.export(trainer.out, tiny_data, tmp_path / "refused")
 
     if family == "hubert":  # the sweep's tracker logs the same export (no merged copy) to the best trial's run
         from mlflow.tracking import MlflowClient

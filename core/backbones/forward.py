@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from core.backbones import wav2vec, whisper
+from core.backbones.chunks import ChunkLayout
 from core.backbones.loading import is_whisper
 from core.errors import ConfigError
 
@@ -58,7 +59,7 @@ def cnn_features(model, audio: torch.Tensor) -> torch.Tensor:
     return _family(model.config).cnn_features(model, audio)
 
 
-def encode(model, cnn: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
+def encode(model, cnn: torch.Tensor, n_layers: int, layout: ChunkLayout | None = None) -> list[torch.Tensor]:
     """Transformer hidden states from CNN features, up to layer ``n_layers``.
 
     Parameters
@@ -66,6 +67,8 @@ def encode(model, cnn: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
     cnn : tensor of shape (batch, n_frames, conv_dim[-1])
     n_layers : int
         Last transformer layer to compute (1-based; layers above it are not run).
+    layout : the chunks of a batch of passes (:mod:`core.backbones.chunks`), or None: every
+        frame attends to every frame (one window per sequence).
 
     Returns
     -------
@@ -81,4 +84,4 @@ def encode(model, cnn: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
     n_hidden = model.config.num_hidden_layers
     if not 0 <= n_layers <= n_hidden:
         raise ConfigError(f"layer {n_layers} does not exist: the model has {n_hidden} layers")
-    return _family(model.config).encode(model, cnn, n_layers)
+    return _family(model.config).encode(model, cnn, n_layers, layout)

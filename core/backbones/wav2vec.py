@@ -17,6 +17,7 @@ import torch
 from transformers import WavLMConfig, WavLMModel
 
 from core.backbones.attention import attention
+from core.backbones.chunks import ChunkLayout, chunked_position_conv
 
 
 def frame_hop(config: WavLMConfig) -> int:
@@ -57,24 +58,26 @@ def cnn_features(model: WavLMModel, audio: torch.Tensor) -> torch.Tensor:
     return model.feature_extractor(audio).transpose(1, 2)
 
 
-def encoder_layer(layer, hidden: torch.Tensor, position_bias, stable_layer_norm: bool):
+def encoder_layer(layer, hidden: torch.Tensor, position_bias, stable_layer_norm: bool, layout=None):
     """One transformer layer (post-LN, or pre-LN for ``do_stable_layer_norm`` checkpoints)."""
     if stable_layer_norm:
-        attn_out, position_bias = attention(layer.attention, layer.layer_norm(hidden), position_bias)
+        attn_out, position_bias = attention(layer.attention, layer.layer_norm(hidden), position_bias, layout)
         hidden = hidden + layer.dropout(attn_out)
         hidden = hidden + layer.feed_forward(layer.final_layer_norm(hidden))
     else:
-        attn_out, position_bias = attention(layer.attention, hidden, position_bias)
+        attn_out, position_bias = attention(layer.attention, hidden, position_bias, layout)
         hidden = layer.layer_norm(hidden + layer.dropout(attn_out))
         hidden = layer.final_layer_norm(hidden + layer.feed_forward(hidden))
     return hidden, position_bias
 
 
-def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
+def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int, layout: ChunkLayout | None = None) -> list[torch.Tensor]:
     """:func:`core.backbones.forward.encode` for WavLM, HuBERT and wav2vec2.
 
     In training mode each layer but WavLM's first may be skipped, with probability
-    ``model.config.layerdrop``.
+    ``model.config.layerdrop``. With a ``layout``, the position embedding and every
+    attention layer keep to its chunks (WavLM's relative position bias is the same for
+    every pair of frames; the mask only removes pairs).
     """
     config = model.config
     enc = model.encoder
@@ -82,7 +85,10 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
     hidden = model.feature_projection(cnn)
     if isinstance(hidden, tuple):  # WavLM and wav2vec2 also return the normalised CNN features
         hidden = hidden[0]
-    hidden = hidden + enc.pos_conv_embed(hidden)
+    if layout is None:
+        hidden = hidden + enc.pos_conv_embed(hidden)
+    else:
+        hidden = hidden + chunked_position_conv(enc.pos_conv_embed, hidden, layout)
     if not stable:
         hidden = enc.layer_norm(hidden)
     hidden = enc.dropout(hidden)
@@ -96,6 +102,6 @@ def encode(model: WavLMModel, cnn: torch.Tensor, n_layers: int) -> list[torch.Te
         if model.training and droppable and config.layerdrop > 0 and torch.rand([]) < config.layerdrop:
             states.append(hidden)
             continue
-        hidden, position_bias = encoder_layer(layer, hidden, position_bias, stable)
+        hidden, position_bias = encoder_layer(layer, hidden, position_bias, stable, layout)
         states.append(hidden)
     return states

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from core.backbones.attention import attention
+from core.backbones.chunks import ChunkLayout
 from core.errors import ConfigError
 
 #: Whisper's log-mel: 16 kHz, 400-sample (25 ms) Hann frames every 160 samples (10 ms).
@@ -93,17 +94,20 @@ def cnn_features(model, audio: torch.Tensor) -> torch.Tensor:
     return hidden.transpose(1, 2)
 
 
-def encode(model, frames: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
+def encode(model, frames: torch.Tensor, n_layers: int, layout: ChunkLayout | None = None) -> list[torch.Tensor]:
     """:func:`core.backbones.forward.encode` for a ``WhisperEncoder``: positions cut to the input's frames (module docstring).
 
     Element ``k`` of the result is the output of layer ``k``; the encoder's final
     LayerNorm, which transformers applies to its last hidden state, is not applied (as
     for the other pre-LN checkpoints). LayerDrop may skip any layer, as in transformers.
+    With a ``layout`` every attention layer keeps to its chunks; positions count from
+    the pass's first frame, so a pass must fit Whisper's 30 s as a window must.
     """
     n_frames = frames.shape[1]
     if n_frames > model.config.max_source_positions:
-        raise ConfigError(f"a window of {n_frames} frames is longer than Whisper's "
-                          f"{model.config.max_source_positions} positions (30 s): use a shorter context")
+        raise ConfigError(f"an input of {n_frames} frames is longer than Whisper's "
+                          f"{model.config.max_source_positions} positions (30 s): use a shorter context "
+                          "(extraction: blocks: a shorter block_seconds)")
     hidden = frames + model.embed_positions.weight[:n_frames]
     hidden = F.dropout(hidden, p=model.dropout, training=model.training)
     states = [hidden]
@@ -111,7 +115,7 @@ def encode(model, frames: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
         if model.training and model.layerdrop > 0 and torch.rand([]) < model.layerdrop:
             states.append(hidden)
             continue
-        attn_out, _ = attention(layer.self_attn, layer.self_attn_layer_norm(hidden), None)
+        attn_out, _ = attention(layer.self_attn, layer.self_attn_layer_norm(hidden), None, layout)
         hidden = hidden + F.dropout(attn_out, p=layer.dropout, training=layer.training)
         inner = F.dropout(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))),
                           p=layer.activation_dropout, training=layer.training)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.cli import progress as print_progress
 from core.cli import run
+from core.config import EXTRACTIONS
 from core.data.dataset import Dataset
 from core.encoding.evaluation import Evaluation, ridge_evaluation
 from core.encoding.extract import FrozenFeatures
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="numpy", help="ridge backend (himalaya names): numpy, torch (CPU), torch_cuda (GPU)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction")
     parser.add_argument("--cache-dir", help="feature cache (default $BRAINSWEEP_CACHE or ~/.cache/brainsweep)")
+    parser.add_argument("--extraction", default="windows", choices=EXTRACTIONS,
+                        help="windows (the paper's) or blocks (runs of windows in one pass: core.encoding.blocks)")
+    parser.add_argument("--block-seconds", type=float, default=WindowSpec.block_seconds,
+                        help="with --extraction blocks: seconds of window ends per pass")
     args = parser.parse_args(argv)
 
     dataset = Dataset(args.data)
@@ -98,6 +103,7 @@ def main(argv=None) -> int:
     result, settings = run_baseline(
         dataset, args.subject, args.layer, model, test=args.test, val=args.val,
         backend=args.backend, device=args.device, cache_dir=args.cache_dir,
+        spec=WindowSpec(extraction=args.extraction, block_seconds=args.block_seconds),
     )
     with atomic_dir(args.out) as tmp:
         write_voxel_results(tmp / "voxel_r.hf5", result.voxel_arrays(), {"settings": settings})

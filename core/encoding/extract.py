@@ -21,7 +21,9 @@ import torch
 
 from core import backbones
 from core.cache import cache_root
-from core.encoding.features import DELAYS, LanczosOperator, WindowSpec, delay_features, extended_tr_times, window_end_samples, zscore
+from core.encoding.blocks import block_vectors
+from core.encoding.features import (DELAYS, LanczosOperator, WindowSpec, cut_windows, delay_features, extended_tr_times,
+                                   window_end_samples, zscore)
 from core.errors import ConfigError
 from core.outputs import atomic_write
 
@@ -88,26 +90,6 @@ def story_cnn(model, padded: torch.Tensor, segment_frames: int = 1000) -> torch.
     return torch.cat(out)
 
 
-def cut_windows(sequence: torch.Tensor, starts: np.ndarray, length: int, hop: int) -> torch.Tensor:
-    """Rows ``starts[i] : starts[i] + length`` of ``sequence``, for starts on a grid of ``hop``.
-
-    The windows are picked from an ``unfold`` view of ``sequence`` on its own device, so the
-    only index is one integer per window (an index per sample would be ~74 MB of int64 per
-    step at base-plus' 10-TR blocks, built on the CPU and copied to the GPU).
-
-    Parameters
-    ----------
-    sequence : tensor of shape (n, ...), e.g. padded audio (n_samples,) or CNN frames (n_frames, channels).
-    starts : int array of shape (n_windows,), multiples of ``hop``.
-
-    Returns
-    -------
-    tensor of shape (n_windows, length, ...)
-    """
-    view = sequence.unfold(0, length, hop)  # (n_positions, ..., length), a view
-    return view[torch.from_numpy(starts // hop).to(sequence.device)].movedim(-1, 1)
-
-
 def window_vectors(
     model,
     padded: torch.Tensor,
@@ -117,6 +99,9 @@ def window_vectors(
     cnn: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """One vector per window: the mean of the chunk's frames at each requested layer.
+
+    Each window through the network on its own (``extraction: windows``), or runs of
+    windows in one pass (``blocks``: :func:`core.encoding.blocks.block_vectors`).
 
     Parameters
     ----------
@@ -132,6 +117,8 @@ def window_vectors(
     """
     config = model.config
     spec = windows.spec
+    if spec.extraction == "blocks":
+        return block_vectors(model, padded, windows, ids, layers, cnn)
     starts = windows.ends[ids]
     if cnn is not None:
         frames = backbones.conv_output_length(spec.window_samples, config)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from core.config import EXTRACTIONS
 from core.errors import ConfigError
 
 DELAYS = (1, 2, 3, 4)
@@ -46,6 +47,13 @@ class WindowSpec:
     frame_samples : int
         The CNN's hop in samples (320 for every WavLM checkpoint); window edges are
         snapped to multiples of it.
+    extraction : str
+        How window vectors are computed: ``windows`` (the paper's: each window through the
+        network on its own) or ``blocks`` (runs of consecutive windows in one pass, each
+        chunk attending to its own window's frames only: :mod:`core.encoding.blocks`).
+    block_seconds : float
+        In ``blocks`` extraction, seconds of window ends per pass (1 s: 4 windows at the
+        paper's 0.25-s stride); each pass also reads one window of audio before them.
     """
 
     context: float = 3.75
@@ -53,11 +61,15 @@ class WindowSpec:
     stride: float = 0.25
     sample_rate: int = 16000
     frame_samples: int = 320
+    extraction: str = "windows"
+    block_seconds: float = 1.0
 
     def __post_init__(self):
-        for name in ("context", "chunk", "stride"):
+        for name in ("context", "chunk", "stride", "block_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"window {name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.extraction not in EXTRACTIONS:
+            raise ConfigError(f"extraction {self.extraction!r} is not known: use {' or '.join(EXTRACTIONS)}")
 
     @property
     def window_samples(self) -> int:
@@ -69,8 +81,25 @@ class WindowSpec:
         """How many of a window's last frames are pooled into its vector."""
         return max(1, round(self.chunk * self.sample_rate / self.frame_samples))
 
+    #: The fields a run's settings (:class:`core.config.TrainConfig`) choose.
+    SETTINGS = ("context", "chunk", "stride", "extraction", "block_seconds")
+
+    @classmethod
+    def of(cls, settings) -> WindowSpec:
+        """The spec of a run's settings: any object with the attributes :attr:`SETTINGS`."""
+        return cls(**{name: getattr(settings, name) for name in cls.SETTINGS})
+
+    @property
+    def block_windows(self) -> int:
+        """Windows per pass in ``blocks`` extraction (at least 1)."""
+        return max(1, round(self.block_seconds / self.stride))
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings; the block ones only in ``blocks`` extraction, so a windows spec keeps its old cache keys."""
+        out = asdict(self)
+        if self.extraction == "windows":
+            del out["extraction"], out["block_seconds"]
+        return out
 
 
 def window_end_samples(n_samples: int, spec: WindowSpec) -> np.ndarray:
@@ -90,6 +119,26 @@ def window_end_samples(n_samples: int, spec: WindowSpec) -> np.ndarray:
     ends = np.round(np.arange(1, n_windows + 1) * stride / spec.frame_samples).astype(np.int64)
     ends = np.unique(ends[ends > 0]) * spec.frame_samples
     return ends[ends <= n_samples]
+
+
+def cut_windows(sequence: torch.Tensor, starts: np.ndarray, length: int, hop: int) -> torch.Tensor:
+    """Rows ``starts[i] : starts[i] + length`` of ``sequence``, for starts on a grid of ``hop``.
+
+    The windows are picked from an ``unfold`` view of ``sequence`` on its own device, so the
+    only index is one integer per window (an index per sample would be ~74 MB of int64 per
+    step at base-plus' 10-TR blocks, built on the CPU and copied to the GPU).
+
+    Parameters
+    ----------
+    sequence : tensor of shape (n, ...), e.g. padded audio (n_samples,) or CNN frames (n_frames, channels).
+    starts : int array of shape (n_windows,), multiples of ``hop``.
+
+    Returns
+    -------
+    tensor of shape (n_windows, length, ...)
+    """
+    view = sequence.unfold(0, length, hop)  # (n_positions, ..., length), a view
+    return view[torch.from_numpy(starts // hop).to(sequence.device)].movedim(-1, 1)
 
 
 def window_end_times(n_samples: int, spec: WindowSpec) -> np.ndarray:

@@ -128,7 +128,7 @@ class Trainer:
                              story_trs={s: self.cohort.story_trs[s] for s in self.train_stories})
 
         seed_everything(config.seed)
-        self.spec = WindowSpec(context=config.context, chunk=config.chunk, stride=config.stride)
+        self.spec = WindowSpec.of(config)
         self.model, trainable, cnn_cache = build_model(config, self.model_name, self.spec, len(self.members[0].outputs),
                                                        {m.name: len(m.outputs) for m in self.members[1:]}, self.device)
         self.optimizer = make_optimizer(self.model, trainable, config)
