@@ -24,7 +24,10 @@ shows it, and a non-zero offset means the two pipelines have drifted apart. The 
 
 - ``refit``, ``whiten``, ``whiten_refit``: LoRA as ``lora`` with the readout set again from
   every epoch's ridge (``readout_refit: epoch``), fitted on whitened features
-  (``readout_whiten``), or both (:mod:`core.tuning.readout_init`).
+  (``readout_whiten``), or both (:mod:`core.tuning.readout_init`);
+- ``full_rank``, ``full_refit``: LoRA as ``lora`` with a full-rank readout (``bottleneck: 0``, the
+  whole ridge map rather than its rank-k part), without or with ``readout_refit: epoch``: on
+  Whisper tiny.en the best of issue 22's methods (docs/real_speech.md).
 
 Before training it prints two checks (:mod:`core.studies.recovery_checks`; ``--no-checks`` skips
 them): the **oracle adapters** (the teacher's change written into the adapters must close
@@ -69,6 +72,8 @@ RUNS = {
     "refit": {"readout_refit": "epoch"},
     "whiten": {"readout_whiten": 0.1},
     "whiten_refit": {"readout_whiten": 0.1, "readout_refit": "epoch"},
+    "full_rank": {"bottleneck": 0},
+    "full_refit": {"bottleneck": 0, "readout_refit": "epoch"},
 }
 
 

@@ -51,6 +51,11 @@ readout_refit      never                          never, or epoch: the readout i
                                                   from every epoch's ridge fit (readout_init
                                                   ridge), so it weighs the feature directions
                                                   training has moved (core.tuning.readout_init)
+readout_refit_steps 0                             > 0: also set the readout again every this
+                                                  many optimiser steps within an epoch, from a
+                                                  ridge on the training stories' current
+                                                  features (needs readout_refit: epoch; costs
+                                                  a forward pass over them each time)
 readout_whiten     0.0                            > 0: the ridge readout is fitted on whitened
                                                   features (this shrinkage; smaller whitens
                                                   more), so low-variance feature directions
@@ -210,6 +215,7 @@ class TrainConfig:
     roi_weights: dict[str, float] = field(default_factory=dict)
     readout_init: str = "ridge"
     readout_refit: str = "never"
+    readout_refit_steps: int = 0
     readout_whiten: float = 0.0
     seed: int = 0
     delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
@@ -410,6 +416,10 @@ class TrainConfig:
                 " or ".join(READOUT_INITS))
         require(self.readout_refit in READOUT_REFITS, "readout_refit", "is not a known choice",
                 " or ".join(READOUT_REFITS))
+        require(self.readout_refit_steps >= 0, "readout_refit_steps", "is negative",
+                "an integer >= 0; 0 = the readout is set only after epochs")
+        require(self.readout_refit_steps == 0 or self.readout_refit == "epoch", "readout_refit_steps",
+                "is set, but readout_refit is not epoch", "readout_refit: epoch with readout_refit_steps > 0")
         require(self.readout_whiten >= 0, "readout_whiten", "is negative",
                 "a shrinkage > 0 (such as 0.1), or 0 for the plain ridge map")
         require(self.readout_init == "ridge" or (self.readout_refit == "never" and self.readout_whiten == 0),

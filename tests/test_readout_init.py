@@ -47,3 +47,22 @@ def test_refit_sets_the_readout_from_every_epochs_ridge(tiny_data, tmp_path):
     history = Trainer(config, Dataset(tiny_data), "UTS01", tmp_path).fit()["history"]
     moved = history[1]["val_readout_r"] - history[0]["val_readout_r"]
     assert abs(moved) < 1e-5, f"the readout's validation r moved by {moved:.2e} in epoch 1"
+
+
+def test_refit_steps_sets_the_readout_again_within_the_epoch(small_data, tmp_path, one_thread):
+    # Adapters held (lr 0), so every refit gives epoch 0's ridge map again, and AdamW's moments
+    # are dropped with it: each step after a refit moves every readout weight by at most
+    # readout_lr (Adam's first step). Refitting after every step, the epoch's end is one
+    # step away from the map; without it, several steps (the refit after the epoch hides this).
+    moved = {}
+    for every in (0, 1):
+        config = TrainConfig(readout_layer=3, lora_layers=[3], lr=0.0, readout_lr=1e-3, epochs=1, block_trs=15,
+                             bottleneck=8, lora_dropout=0.0, context=0.75, stride=1.0, device="cpu",
+                             norm_momentum=1e-9, readout_refit="epoch", readout_refit_steps=every)
+        trainer = Trainer(config, Dataset(small_data), "UTS01", tmp_path / str(every))
+        trainer._run_epoch(0, train_loss=float("nan"), started=0.0)  # the readout starts as epoch 0's ridge map
+        start = [p.detach().clone() for p in trainer.model.readout.parameters()]
+        trainer._train_epoch(1)
+        moved[every] = max(float((p - p0).abs().max()) for p, p0 in zip(trainer.model.readout.parameters(), start))
+    assert moved[1] <= 1.01e-3, f"refitting after every step, the readout moved {moved[1]:.2e} (> one step)"
+    assert moved[0] > 1.5e-3, f"without refits the readout moved only {moved[0]:.2e}: the test cannot tell"

@@ -65,6 +65,18 @@ def set_readout(readout, fit, features: dict[str, np.ndarray], member: Member, d
         optimizer.state.pop(p, None)
 
 
+def refit_readouts(vectors: dict[str, torch.Tensor], *, model: BrainModel, optimizer: torch.optim.Optimizer,
+                   inputs: InputCache, cohort: Cohort, dataset: Dataset, config: TrainConfig,
+                   progress: Callable[[str], None]) -> None:
+    """Rank 0, within an epoch (``readout_refit_steps``): set each readout from a ridge on the training stories'
+    current window ``vectors`` (story -> (n_windows, hidden_size)), as :func:`evaluate_epoch` does after an epoch."""
+    features = {s: model.ridge_features(inputs.story_input(s, targets=False), vectors[s]) for s in cohort.train_stories}
+    for m, readout in zip(cohort.members, model.readouts()):
+        fit, _ = ridge_evaluation(features, dataset, m.name, m.split.train, {}, seed=config.seed,
+                                  backend=config.ridge_backend, progress=progress)
+        set_readout(readout, fit, features, m, dataset, config, optimizer)
+
+
 def evaluate_epoch(epoch: int, vectors: dict[str, torch.Tensor], *, model: BrainModel,
                    optimizer: torch.optim.Optimizer, inputs: InputCache, cohort: Cohort, dataset: Dataset,
                    config: TrainConfig, progress: Callable[[str], None]) -> tuple[dict, dict[str, Evaluation]]:

@@ -5,6 +5,9 @@ The run, in order (:meth:`Trainer.fit`):
 1. **Epoch 0** (the adapters are zero: the frozen model, its window features read from
    the disk cache). The running normalisation takes the statistics of the training
    stories; the readout starts from the epoch's ridge map (``readout_init: ridge``).
+   With ``readout_refit: epoch`` it is set again from every epoch's ridge map, and with
+   ``readout_refit_steps: N`` also every N optimiser steps, from a ridge on the training
+   stories' current features.
 2. **Epochs 1..E.** Stories in a seeded shuffled order; within a story, blocks of
    ``block_trs`` consecutive TRs; ``blocks_per_step`` blocks (spread over the
    data-parallel workers) make one optimiser step, forwarding only the windows that feed
@@ -72,7 +75,7 @@ from core.tuning.distributed import (all_reduce_mean, barrier, broadcast, broadc
                                      rank_and_world)
 from core.tuning.members import Cohort
 from core.tuning.model import StoryInput, build_model, make_optimizer
-from core.tuning.protocol import evaluate_epoch, improves, own_readout_prediction
+from core.tuning.protocol import evaluate_epoch, improves, own_readout_prediction, refit_readouts
 from core.tuning.step import optimiser_step
 from core.tuning.story_features import StoryFeatures
 
@@ -173,6 +176,9 @@ class Trainer:
         losses = []
         for step, mine in enumerate(steps):
             losses.append(self.train_blocks([(self.story_input(story), *rest) for story, *rest in mine], network))
+            every = self.config.readout_refit_steps
+            if every and (step + 1) % every == 0 and step + 1 < len(steps):  # the epoch's end refits anyway
+                self._refit_readouts()
             if (step + 1) % max(1, len(steps) // 4) == 0:
                 self.progress(f"epoch {epoch} step {step + 1}/{len(steps)} loss {np.mean(losses[-10:]):.4f}")
         self.model.eval()
@@ -180,6 +186,23 @@ class Trainer:
         mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
         all_reduce_mean([mean])
         return float(mean)
+
+    def _refit_readouts(self) -> None:
+        """Set the readouts again from a ridge on the training stories' current features (``readout_refit_steps``)."""
+        stories = self.cohort.train_stories
+        vectors = gather_to_first(self.features.window_vectors(stories[self.rank::self.world]))
+        if self.rank == 0:
+            refit_readouts(vectors, model=self.model, optimizer=self.optimizer, inputs=self.inputs, cohort=self.cohort,
+                           dataset=self.dataset, config=self.config, progress=lambda m: None)
+        del vectors
+        self._share_readouts()
+
+    def _share_readouts(self) -> None:
+        """Rank 0's readouts, just set again, to every worker, each dropping AdamW's moments of the old map."""
+        params = [p for readout in self.model.readouts() for p in readout.parameters()]
+        broadcast_([p.data for p in params])
+        for p in params:
+            self.optimizer.state.pop(p, None)
 
     def train_blocks(self, blocks: list[tuple], network=None) -> float:
         """One optimiser step on this worker's blocks (:func:`core.tuning.step.optimiser_step`); returns their loss."""
@@ -206,7 +229,7 @@ class Trainer:
         del vectors
         record = broadcast(record)
         if epoch > 0 and self.config.readout_refit == "epoch":  # rank 0 set the readouts again
-            broadcast_([p.data for readout in self.model.readouts() for p in readout.parameters()])
+            self._share_readouts()
         state = self.state
         state.history.append(record)
         state.epoch = epoch
