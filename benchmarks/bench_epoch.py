@@ -134,7 +134,7 @@ def block_flops(config, n_windows: int, window_samples: int, readout_layer: int,
 
 
 def build(size: str, device: torch.device, readout_layer: int | None, n_voxels: int, block_trs: int,
-          precision: str, n_blocks: int, root: Path, extraction: str = "windows", block_seconds: float = 16.0):
+          precision: str, n_blocks: int, root: Path, extraction: str = "windows", block_seconds: float = 1.0):
     """The model, its optimiser, a prepared synthetic story and the config, as the trainer has them."""
     from transformers import WavLMConfig, WavLMModel
 
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                         help="restrict scaled_dot_product_attention to one kernel")
     parser.add_argument("--extraction", choices=["windows", "blocks"], default="windows",
                         help="blocks: one pass per run of windows (core.encoding.blocks); its FLOPs are counted")
-    parser.add_argument("--block-seconds", type=float, default=16.0, help="with --extraction blocks")
+    parser.add_argument("--block-seconds", type=float, default=1.0, help="with --extraction blocks (the default of block_seconds)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     parser.add_argument("--json", help="results file (default benchmarks/results/epoch_<device>_<precision>.json)")
     args = parser.parse_args(argv)

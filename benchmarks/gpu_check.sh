@@ -23,7 +23,7 @@
 #   memory     the GPU's peak memory in use during `paper` (nvidia-smi) and bench_epoch's
 #   bench      python -m benchmarks.bench_epoch --size base: time per block, projected
 #              ds003020 subject epoch (target <= 2 min), TFLOP/s and share of bf16 peak;
-#              plus 40-TR blocks and extraction: blocks (16-s passes, docs/extraction.md) as levers
+#              plus 40-TR blocks and extraction: blocks (1-s passes, docs/extraction.md) as levers
 # With --cpu: device cpu, fp32, less synthetic data, the synthetic tiny model in place of
 # base-plus (read-out layers 2 and 3) and 2,000 voxels in `paper`, bench_epoch --size tiny
 # with one step; `bf16` (slow and not what runs on GPUs) and `memory` are skipped;
@@ -238,6 +238,18 @@ else
 fi
 
 # -- bench ---------------------------------------------------------------------------------------
+# bench_epoch with one lever changed (NAME, results-file suffix, its flags): an INFO line of its numbers.
+bench_lever() {
+    local name=$1 suffix=$2
+    shift 2
+    if step "$name" 30 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --steps "$BENCH_STEPS" "$@" \
+            --json "benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}_${suffix}.json"; then
+        result INFO "$name" "$(awk '/^(trainer|bare) +[0-9]/ {printf "%s%s %s s/block, epoch %s min, %s TFLOP/s",
+                                     sep, $1, $2, $4, $5; sep = "; "}' "$WORK/$name.log")"
+    else
+        result FAIL "$name" "bench_epoch $* failed" "$WORK/$name.log"
+    fi
+}
 BENCH_JSON=benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}.json
 if step bench 50 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --steps "$BENCH_STEPS" --json "$BENCH_JSON"; then
     sed 's/^/    /' "$WORK/bench.log" | grep -v "^    wrote" | tee -a "$LOG"
@@ -252,22 +264,8 @@ print(('INFO' if cpu else 'PASS' if t['epoch_minutes'] <= 2 else 'FAIL') + f\" e
       f\"{t['tflops_per_s']:.3g} TFLOP/s ({share(t)}); bare {b['epoch_minutes']:.2f} min, {b['tflops_per_s']:.3g} TFLOP/s ({share(b)}){mem}\")
 " "$BENCH_JSON" "$MODE")
     verdict bench "$message" "$WORK/bench.log"
-    if step bench_block40 30 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --block-trs 40 \
-            --steps "$BENCH_STEPS" \
-            --json "benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}_block40.json"; then
-        result INFO bench_block40 "$(awk '/^(trainer|bare) +[0-9]/ {printf "%s%s %s s/block, epoch %s min, %s TFLOP/s",
-                                            sep, $1, $2, $4, $5; sep = "; "}' "$WORK/bench_block40.log")"
-    else
-        result FAIL bench_block40 "bench_epoch --block-trs 40 failed" "$WORK/bench_block40.log"
-    fi
-    if step bench_blocks 30 "$PY" -m benchmarks.bench_epoch --size "$SIZE" --device "$DEVICE" --extraction blocks \
-            --steps "$BENCH_STEPS" \
-            --json "benchmarks/results/epoch_${DEVICE}_${SIZE}_${PRECISION}_blocks.json"; then
-        result INFO bench_blocks "$(awk '/^(trainer|bare) +[0-9]/ {printf "%s%s %s s/block, epoch %s min, %s TFLOP/s",
-                                            sep, $1, $2, $4, $5; sep = "; "}' "$WORK/bench_blocks.log")"
-    else
-        result FAIL bench_blocks "bench_epoch --extraction blocks failed" "$WORK/bench_blocks.log"
-    fi
+    bench_lever bench_block40 block40 --block-trs 40
+    bench_lever bench_blocks blocks --extraction blocks
 else
     result FAIL bench "bench_epoch failed" "$WORK/bench.log"
 fi
